@@ -1,0 +1,111 @@
+"""Configuration, read from the environment in one place.
+
+Every process (gunicorn workers, RQ workers, the CLI) builds a `Config` from
+`os.environ`. In production (`APP_ENV=production`, the default) the secrets and
+the connection URLs have no defaults, so a misconfigured deploy stops at start-up
+with a message naming what is missing. In development (`APP_ENV=development`,
+set by `make run` and the tests) the URLs default to a local Redis and a SQLite
+file under `./var/`, and missing tokens are read from `var/secrets.env`, which
+the local launcher writes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VAR_DIR = ROOT / "var"
+SECRETS_FILE = VAR_DIR / "secrets.env"
+TOKEN_SETTINGS = ("WEBHOOK_TOKENS", "READ_TOKENS", "SUBMIT_TOKENS")
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+def _tokens(value: str | None) -> tuple[str, ...]:
+    """Split a comma-separated token list, dropping blanks."""
+    return tuple(t.strip() for t in (value or "").split(",") if t.strip())
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    """Read KEY=VALUE lines (as written by the local launcher)."""
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs if not k.lstrip().startswith("#")}
+
+
+def database_url(url: str) -> str:
+    """Normalise a database URL to the drivers this project pins (psycopg 3 for PostgreSQL)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings of the service. Build it with `Config.from_env()`."""
+
+    app_env: str = "development"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = f"sqlite:///{VAR_DIR / 'captions.db'}"
+    webhook_tokens: tuple[str, ...] = ()
+    read_tokens: tuple[str, ...] = ()
+    submit_tokens: tuple[str, ...] = ()
+    max_body_bytes: int = 1024 * 1024
+    public_url: str = ""
+    runware_api_url: str = ""
+    runware_api_key: str = ""
+    persist_batch_size: int = 1000
+    retry_after_seconds: int = 5
+
+    @property
+    def production(self) -> bool:
+        return self.app_env == "production"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Config:
+        """Read the settings; raise ConfigError naming every missing or bad one."""
+        env = dict(os.environ if environ is None else environ)
+        app_env = env.get("APP_ENV", "production")
+        if app_env not in ("production", "development"):
+            raise ConfigError(f"APP_ENV must be 'production' or 'development', not {app_env!r}")
+        production = app_env == "production"
+        if not production:
+            for key, value in _read_env_file(SECRETS_FILE).items():
+                env.setdefault(key, value)
+
+        required = [*TOKEN_SETTINGS, "REDIS_URL", "DATABASE_URL"] if production else list(TOKEN_SETTINGS)
+        missing = [key for key in required if not env.get(key, "").strip()]
+        if missing:
+            hint = "set them in the environment" if production else "run `make run` once, or set them"
+            raise ConfigError(f"missing settings: {', '.join(missing)} ({hint})")
+
+        try:
+            port = int(env.get("PORT", cls.port))
+            max_body = int(env.get("MAX_BODY_BYTES", cls.max_body_bytes))
+            batch = int(env.get("PERSIST_BATCH_SIZE", cls.persist_batch_size))
+        except ValueError as exc:
+            raise ConfigError(f"PORT, MAX_BODY_BYTES and PERSIST_BATCH_SIZE must be integers: {exc}") from None
+        host = env.get("HOST", cls.host)
+        return cls(
+            app_env=app_env,
+            host=host,
+            port=port,
+            redis_url=env.get("REDIS_URL") or cls.redis_url,
+            database_url=database_url(env.get("DATABASE_URL") or cls.database_url),
+            webhook_tokens=_tokens(env.get("WEBHOOK_TOKENS")),
+            read_tokens=_tokens(env.get("READ_TOKENS")),
+            submit_tokens=_tokens(env.get("SUBMIT_TOKENS")),
+            max_body_bytes=max_body,
+            public_url=(env.get("PUBLIC_URL") or f"http://{host}:{port}").rstrip("/"),
+            runware_api_url=env.get("RUNWARE_API_URL", ""),
+            runware_api_key=env.get("RUNWARE_API_KEY", ""),
+            persist_batch_size=batch,
+        )

@@ -1,0 +1,42 @@
+"""Database engines: SQLite in WAL mode by default, PostgreSQL (psycopg 3) in production."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+_engines: dict[str, sa.Engine] = {}
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    """WAL lets readers (the API) run beside the writer (the persist worker)."""
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def create_engine(url: str) -> sa.Engine:
+    """A new engine for `url`; for a SQLite file, its folder is created first."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url)
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def engine_for(url: str) -> sa.Engine:
+    """The process's shared engine for `url`, made anew after a fork (pooled connections must not cross it)."""
+    key = f"{os.getpid()}:{url}"
+    engine = _engines.get(key)
+    if engine is None:
+        engine = _engines[key] = create_engine(url)
+    return engine

@@ -1,0 +1,193 @@
+"""Writing results: one merge rule for webhooks, sync answers, polls and submission errors.
+
+Per taskUUID the stored state converges whatever the order and number of writes:
+a higher status wins (success > error > submitted > queued); between two results
+of the same final status the one received first wins; a success that disagrees
+with another success sets `conflict`; delivery counts and first/last times add
+up commutatively. The rule lives in one SQL `INSERT … ON CONFLICT DO UPDATE`, so
+concurrent writers cannot race it, and it is the same on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from dataclasses import field
+from datetime import datetime
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite
+
+from store.schema import FINAL_STATUSES
+from store.schema import STATUSES
+from store.schema import deliveries
+from store.schema import tasks
+from store.schema import utcnow
+
+FINAL_RANK = STATUSES.index(FINAL_STATUSES[0])
+
+
+@dataclass(frozen=True)
+class Result:
+    """One normalised result item for a task."""
+
+    task_uuid: str
+    status: str
+    received_at: datetime
+    text: str | None = None
+    cost: Decimal | None = None
+    task_type: str | None = None
+    model: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+    def as_json(self) -> dict:
+        """The item as it is kept in the delivery log."""
+        item = {k: v for k, v in self.__dict__.items() if v is not None and k != "received_at"}
+        if self.cost is not None:
+            item["cost"] = str(self.cost)
+        return item
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One accepted webhook POST, parsed: its usable results and the items it had to skip."""
+
+    id: str
+    received_at: datetime
+    remote_addr: str | None
+    size: int
+    results: list[Result] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def outcome(self) -> str:
+        if not self.results:
+            return "rejected"
+        return "partial" if self.skipped else "stored"
+
+
+def _literal(value: str | int) -> sa.ColumnElement:
+    """A constant inlined in the SQL (bound parameters would be repeated for every row of a batch)."""
+    return sa.literal_column(f"'{value}'" if isinstance(value, str) else str(value))
+
+
+def _rank(status: sa.ColumnElement) -> sa.ColumnElement:
+    return sa.case(*((status == _literal(name), _literal(rank)) for rank, name in enumerate(STATUSES)))
+
+
+def _earliest(new: sa.ColumnElement, old: sa.ColumnElement, earlier: bool = True) -> sa.ColumnElement:
+    """The earlier (or later) of two nullable timestamps."""
+    better = new < old if earlier else new > old
+    return sa.case((new.is_(None), old), (old.is_(None), new), (better, new), else_=old)
+
+
+def _merge_statement(dialect: str) -> sa.Insert:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(tasks)
+    new, old = stmt.excluded, tasks.c
+    wins = sa.or_(
+        _rank(new.status) > _rank(old.status),
+        sa.and_(new.status == old.status, _rank(new.status) >= FINAL_RANK, new.result_at < old.result_at),
+    )
+
+    def pick(name: str) -> sa.ColumnElement:
+        return sa.case((wins, new[name]), else_=old[name])
+
+    disagree = sa.or_(old.text.is_distinct_from(new.text), old.cost.is_distinct_from(new.cost))
+    return stmt.on_conflict_do_update(
+        index_elements=[tasks.c.task_uuid],
+        set_={
+            **{name: pick(name) for name in ("status", "text", "cost", "error_code", "error_message", "result_at")},
+            "task_type": sa.func.coalesce(old.task_type, new.task_type),
+            "model": sa.func.coalesce(old.model, new.model),
+            "conflict": sa.or_(old.conflict, sa.and_(old.status == _literal("success"), new.status == old.status, disagree)),
+            "delivery_count": old.delivery_count + new.delivery_count,
+            "first_delivery_at": _earliest(new.first_delivery_at, old.first_delivery_at),
+            "last_delivery_at": _earliest(new.last_delivery_at, old.last_delivery_at, earlier=False),
+            "updated_at": new.updated_at,
+        },
+    )
+
+
+def _rounds(rows: list[dict]) -> Iterable[list[dict]]:
+    """Split rows so that no task appears twice in one statement (PostgreSQL forbids it)."""
+    rounds: list[list[dict]] = []
+    seen: dict[str, int] = {}
+    for row in rows:
+        n = seen.get(row["task_uuid"], 0)
+        seen[row["task_uuid"]] = n + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(row)
+    return rounds
+
+
+def apply_results(conn: sa.Connection, results: Iterable[Result], *, delivered: bool = True) -> int:
+    """Merge results into `tasks`. `delivered` counts each as a webhook delivery. Returns how many."""
+    now = utcnow()
+    rows = [
+        {
+            "task_uuid": r.task_uuid,
+            "status": r.status,
+            "source": "external",
+            "task_type": r.task_type,
+            "model": r.model,
+            "text": r.text,
+            "cost": r.cost,
+            "error_code": r.error_code,
+            "error_message": r.error_message,
+            "conflict": False,
+            "result_at": r.received_at if r.status in FINAL_STATUSES else None,
+            "delivery_count": 1 if delivered else 0,
+            "first_delivery_at": r.received_at if delivered else None,
+            "last_delivery_at": r.received_at if delivered else None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for r in results
+    ]
+    if rows:
+        stmt = _merge_statement(conn.dialect.name)
+        for batch in _rounds(rows):
+            conn.execute(stmt, batch)
+    return len(rows)
+
+
+def known_deliveries(conn: sa.Connection, ids: list[str]) -> set[str]:
+    """The ids among `ids` already in the delivery log (a batch seen again after a crash)."""
+    if not ids:
+        return set()
+    return set(conn.scalars(sa.select(deliveries.c.id).where(deliveries.c.id.in_(ids))))
+
+
+def save_deliveries(conn: sa.Connection, batch: list[Delivery]) -> list[Delivery]:
+    """Log and apply the deliveries not stored before; returns those it stored.
+
+    Idempotent per delivery id: a batch replayed after a crash adds nothing twice.
+    """
+    seen = known_deliveries(conn, [d.id for d in batch])
+    fresh = [d for d in batch if d.id not in seen]
+    if not fresh:
+        return []
+    now = utcnow()
+    conn.execute(
+        deliveries.insert(),
+        [
+            {
+                "id": d.id,
+                "received_at": d.received_at,
+                "remote_addr": d.remote_addr,
+                "size": d.size,
+                "outcome": d.outcome,
+                "items": [r.as_json() for r in d.results],
+                "detail": "; ".join(d.skipped) or None,
+                "stored_at": now,
+            }
+            for d in fresh
+        ],
+    )
+    apply_results(conn, (r for d in fresh for r in d.results))
+    return fresh

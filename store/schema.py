@@ -1,0 +1,109 @@
+"""Tables of the result store (SQLAlchemy Core), shared by receiver, workers and migrations.
+
+Statuses rank queued < submitted < error < success: a task's stored state only
+moves up that ladder, whatever order deliveries arrive in (see `store.results`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from datetime import timezone
+
+import sqlalchemy as sa
+
+STATUSES = ("queued", "submitted", "error", "success")
+"""Task statuses, lowest rank first."""
+
+FINAL_STATUSES = ("error", "success")
+SOURCES = ("submitted", "external")
+"""`submitted`: this service sent the task; `external`: a result for a task someone else sent."""
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """A timestamp stored in UTC and always read back timezone-aware (SQLite keeps no zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given to a UTC column")
+            value = value.astimezone(timezone.utc)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+metadata = sa.MetaData()
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("task_uuid", sa.String(36), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("task_type", sa.String(64)),
+    sa.Column("model", sa.String(128)),
+    sa.Column("text", sa.Text),
+    sa.Column("cost", sa.Numeric(20, 10), comment="USD, as reported by Runware"),
+    sa.Column("error_code", sa.String(128)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("conflict", sa.Boolean, nullable=False, server_default=sa.false(),
+              comment="a later success disagreed with the stored one"),
+    sa.Column("result_at", UTCDateTime, comment="receipt time of the delivery that set the result"),
+    sa.Column("delivery_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("first_delivery_at", UTCDateTime),
+    sa.Column("last_delivery_at", UTCDateTime),
+    # Submission (tasks this service sends to Runware).
+    sa.Column("input_ref", sa.Text, comment="image to send: URL, data URI, base64 or image UUID"),
+    sa.Column("input_name", sa.String(512), comment="file name or URL the caller gave"),
+    sa.Column("include_cost", sa.Boolean),
+    sa.Column("delivery_method", sa.String(8)),
+    sa.Column("submitted_at", UTCDateTime),
+    sa.Column("submit_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("poll_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_poll_at", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_tasks_status_created", "status", "created_at"),
+    sa.Index("ix_tasks_last_delivery", "last_delivery_at"),
+    sa.Index("ix_tasks_next_poll", "next_poll_at"),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True, comment="Redis stream entry id, unique per accepted POST"),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("remote_addr", sa.String(64)),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False, comment="stored | partial | rejected"),
+    sa.Column("items", sa.JSON, nullable=False, comment="the parsed items, as stored"),
+    sa.Column("detail", sa.Text, comment="why items were skipped"),
+    sa.Column("stored_at", UTCDateTime, nullable=False),
+    sa.Index("ix_deliveries_received", "received_at"),
+)
+
+dead_letters = sa.Table(
+    "dead_letters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", sa.String(40)),
+    sa.Column("task_uuid", sa.String(36)),
+    sa.Column("item", sa.JSON, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("replayed_at", UTCDateTime),
+    sa.Index("ix_dead_letters_created", "created_at"),
+)

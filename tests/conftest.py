@@ -1,0 +1,115 @@
+"""Fixtures: a private Redis, SQLite and PostgreSQL stores, the app and its settings.
+
+PostgreSQL tests run against DATABASE_TEST_URL (default: the local server's
+`test` database), each session in a database of its own. Where PostgreSQL is
+absent they are skipped, unless REQUIRE_POSTGRES=1 (as in CI), when they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from config import Config
+from config import database_url as normalise_url
+from receiver import create_app
+from store.migrate import upgrade
+from store.schema import metadata
+from tests.support import RedisServer
+
+PG_URL = normalise_url(os.environ.get("DATABASE_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test"))
+TOKENS = {"WEBHOOK_TOKENS": "hook-old,hook-new", "READ_TOKENS": "read-token", "SUBMIT_TOKENS": "submit-token"}
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    if redis_server.process is None:
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield redis_server.url + "/0"
+    if redis_server.process is None:
+        redis_server.start()
+    client.flushall()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'captions.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            name = f"captions_test_{uuid.uuid4().hex[:10]}"
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        message = f"PostgreSQL unavailable at {PG_URL.split('@')[-1]}: {type(exc.orig).__name__}"
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(message + " (REQUIRE_POSTGRES=1)")
+        pytest.skip(message)
+    url = sa.engine.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    from store.db import _engines
+
+    for engine in _engines.values():
+        engine.dispose()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request):
+    """Each test using the store runs once on SQLite and once on PostgreSQL, on empty tables."""
+    url = request.getfixturevalue(f"{request.param}_url")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(table.delete())
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def config(redis_url, database_url, monkeypatch) -> Config:
+    """Settings for the app and, through the environment, for worker processes it forks."""
+    env = {"APP_ENV": "development", "REDIS_URL": redis_url, "DATABASE_URL": database_url, **TOKENS}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Config.from_env()
+
+
+@pytest.fixture
+def app(config):
+    return create_app(config)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def engine(database_url):
+    engine = sa.create_engine(database_url)
+    yield engine
+    engine.dispose()

@@ -1,0 +1,47 @@
+"""Worker processes: `python -m workers persist` or `python -m workers submit [--burst]`.
+
+Each process serves exactly one RQ queue, so RQ dequeues with BLMOVE (a job id
+is never lost between the pop and the started-job registry). The job modules
+and their libraries are imported here, before RQ forks a work horse per job,
+so no job pays for the imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rq import Queue
+from rq import Worker
+
+import workers.persist  # noqa: F401  (preloaded before the fork)
+from config import Config
+from config import ConfigError
+from workers.queues import PERSIST_QUEUE
+from workers.queues import SUBMIT_QUEUE
+from workers.queues import connect
+
+QUEUES = (PERSIST_QUEUE, SUBMIT_QUEUE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__.splitlines()[0])
+    parser.add_argument("queue", choices=QUEUES)
+    parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    parser.add_argument("--name", help="worker name (default: RQ's)")
+    args = parser.parse_args(argv)
+    try:
+        config = Config.from_env()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    conn = connect(config.redis_url, timeout=None)
+    worker = Worker([Queue(args.queue, connection=conn)], connection=conn, name=args.name)
+    worker.work(burst=args.burst, with_scheduler=args.queue == SUBMIT_QUEUE)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The drain job: persists queued webhook deliveries into the store, in batches.
+
+A drain reads up to `PERSIST_BATCH_SIZE` stream entries at a time through a Redis
+consumer group, writes them in one transaction, then acknowledges and deletes
+them. Entries stay in the group's pending list until they are in the store, so a
+drain killed mid-batch loses nothing: the next drain claims entries left idle by
+a dead consumer (`STALE_AFTER_MS`) and stores them again, which the delivery log
+makes a no-op for those already committed.
+
+A batch that the database rejects is split until the offending delivery is
+alone; its items then go to the dead-letter table one by one. A database outage
+is waited out (the batch is retried with backoff) rather than dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from datetime import datetime
+from datetime import timezone
+
+import redis
+import sqlalchemy as sa
+
+from config import Config
+from store.db import engine_for
+from store.results import Delivery
+from store.results import save_deliveries
+from store.schema import dead_letters
+from store.schema import utcnow
+from workers import payloads
+from workers.queues import DELIVERY_GROUP
+from workers.queues import DELIVERY_STREAM
+from workers.queues import DRAIN_FLAG
+from workers.queues import DRAIN_FLAG_TTL
+from workers.queues import connect
+from workers.queues import enqueue_drain
+
+log = logging.getLogger(__name__)
+
+STALE_AFTER_MS = 15_000
+"""An entry pending this long with its consumer silent is taken for abandoned and claimed."""
+
+IDLE_BLOCK_MS = 500
+"""How long a drain waits for new entries before it considers stopping."""
+
+HAND_OVER_AFTER_S = 60.0
+"""A drain that has run this long enqueues its successor and ends (keeps jobs short for RQ)."""
+
+DB_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30, 30, 30, 30)
+"""Seconds between attempts to write a batch while the database is unreachable."""
+
+
+def ensure_group(conn: redis.Redis) -> None:
+    """Create the consumer group (and the stream) if missing, reading from the start."""
+    try:
+        conn.xgroup_create(DELIVERY_STREAM, DELIVERY_GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def to_delivery(entry_id: str, fields: dict[bytes, bytes]) -> Delivery:
+    """A stream entry as a parsed Delivery; an unparseable body keeps its reason."""
+    body = fields.get(b"body", b"")
+    received_at = datetime.fromtimestamp(float(fields[b"at"]), timezone.utc)
+    try:
+        results, skipped = payloads.parse(body, received_at)
+    except payloads.PayloadError as exc:
+        results, skipped = [], [exc.message]
+    remote = fields.get(b"ip", b"").decode() or None
+    return Delivery(entry_id, received_at, remote, len(body), results, skipped)
+
+
+def _is_outage(exc: sa.exc.DBAPIError) -> bool:
+    return exc.connection_invalidated or isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
+
+
+def write(engine: sa.Engine, batch: list[Delivery]) -> int:
+    """Store a batch, isolating deliveries the database rejects. Returns how many were new."""
+    try:
+        with engine.begin() as conn:
+            return len(save_deliveries(conn, batch))
+    except sa.exc.DBAPIError as exc:
+        if _is_outage(exc):
+            raise
+        if len(batch) > 1:
+            middle = len(batch) // 2
+            return write(engine, batch[:middle]) + write(engine, batch[middle:])
+        log.error("delivery %s rejected by the database: %s", batch[0].id, exc.orig)
+        return _dead_letter(engine, batch[0], str(exc.orig))
+
+
+def _dead_letter(engine: sa.Engine, delivery: Delivery, reason: str) -> int:
+    """Keep a delivery's items that cannot be stored, with the reason, for replay."""
+    now = utcnow()
+    kept = Delivery(delivery.id, delivery.received_at, delivery.remote_addr, delivery.size, [],
+                    [*delivery.skipped, f"dead-lettered: {reason}"])
+    with engine.begin() as conn:
+        save_deliveries(conn, [kept])
+        if delivery.results:
+            conn.execute(dead_letters.insert(), [
+                {"delivery_id": delivery.id, "task_uuid": r.task_uuid, "item": r.as_json(),
+                 "reason": reason, "attempts": 1, "created_at": now}
+                for r in delivery.results
+            ])
+    return 1
+
+
+def write_with_retry(engine: sa.Engine, batch: list[Delivery], keep_alive) -> int:
+    """`write`, waiting out a database outage with backoff; re-raises when it lasts too long."""
+    for delay in (*DB_RETRY_DELAYS, None):
+        try:
+            return write(engine, batch)
+        except sa.exc.DBAPIError as exc:
+            if delay is None:
+                raise
+            log.warning("database unavailable (%s); retrying batch in %ss", type(exc.orig).__name__, delay)
+            keep_alive()
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+class Drainer:
+    """One drain job's reading position and identity in the consumer group."""
+
+    def __init__(self, conn: redis.Redis, engine: sa.Engine, batch_size: int):
+        self.conn = conn
+        self.engine = engine
+        self.batch_size = batch_size
+        self.consumer = f"{socket.gethostname()}:{os.getpid()}"
+        self.stored = 0
+
+    def read(self, block_ms: int | None) -> list[tuple[str, dict]]:
+        """Abandoned entries first, then our own unacknowledged ones, then new ones."""
+        _, claimed, _ = self.conn.xautoclaim(
+            DELIVERY_STREAM, DELIVERY_GROUP, self.consumer, STALE_AFTER_MS, "0-0", count=self.batch_size
+        )
+        entries = [e for e in claimed if e[1]]
+        if not entries:
+            reply = self.conn.xreadgroup(
+                DELIVERY_GROUP, self.consumer, {DELIVERY_STREAM: ">"}, count=self.batch_size, block=block_ms
+            )
+            entries = reply[0][1] if reply else []
+        return [(entry_id.decode(), fields) for entry_id, fields in entries]
+
+    def persist(self, entries: list[tuple[str, dict]]) -> None:
+        """Store the entries, then acknowledge and delete them from the stream."""
+        batch = [to_delivery(entry_id, fields) for entry_id, fields in entries]
+        self.stored += write_with_retry(self.engine, batch, self.keep_alive)
+        ids = [entry_id for entry_id, _ in entries]
+        pipe = self.conn.pipeline(transaction=True)
+        pipe.xack(DELIVERY_STREAM, DELIVERY_GROUP, *ids)
+        pipe.xdel(DELIVERY_STREAM, *ids)
+        pipe.expire(DRAIN_FLAG, DRAIN_FLAG_TTL)
+        pipe.execute()
+
+    def keep_alive(self) -> None:
+        self.conn.expire(DRAIN_FLAG, DRAIN_FLAG_TTL)
+
+    def run(self, hand_over_after: float = HAND_OVER_AFTER_S) -> int:
+        """Drain until the stream is empty or it is time to hand over. Returns deliveries stored."""
+        ensure_group(self.conn)
+        deadline = time.monotonic() + hand_over_after
+        while True:
+            entries = self.read(IDLE_BLOCK_MS)
+            if not entries:
+                # Clear the flag, then look once more: a delivery added before the clear
+                # is seen here; one added after it sets the flag and enqueues a new drain.
+                self.conn.delete(DRAIN_FLAG)
+                entries = self.read(None)
+                if not entries:
+                    return self.stored
+                if not self.conn.set(DRAIN_FLAG, 1, nx=True, ex=DRAIN_FLAG_TTL):
+                    self.persist(entries)
+                    return self.stored
+            self.persist(entries)
+            if time.monotonic() > deadline:
+                enqueue_drain(self.conn)
+                return self.stored
+
+
+def drain(hand_over_after: float = HAND_OVER_AFTER_S) -> int:
+    """RQ job: persist queued deliveries in batches. Returns how many deliveries were stored."""
+    config = Config.from_env()
+    drainer = Drainer(connect(config.redis_url), engine_for(config.database_url), config.persist_batch_size)
+    stored = drainer.run(hand_over_after)
+    log.info("drain stored %d deliveries", stored)
+    return stored

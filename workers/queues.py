@@ -1,0 +1,73 @@
+"""Queue names, Redis keys and the enqueue helpers shared by the receiver and the workers.
+
+A webhook delivery is one entry in a Redis stream, not one RQ job: the RQ job is
+the unit of work (a `drain` that persists deliveries in batches), the stream entry
+the unit of data. The receiver adds the entry and, in the same round trip, sets a
+"drain wanted" flag; only the request that sets the flag enqueues a drain job.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import redis
+from rq import Queue
+
+PERSIST_QUEUE = "persist"
+"""RQ queue of the drain jobs that persist webhook deliveries."""
+
+SUBMIT_QUEUE = "submit"
+"""RQ queue of the jobs that submit caption tasks to Runware and reconcile them."""
+
+DELIVERY_STREAM = "captions:deliveries"
+"""Redis stream of accepted webhook bodies; an entry is removed once it is in the store."""
+
+DELIVERY_GROUP = "persist"
+"""Consumer group of the drain jobs on the delivery stream."""
+
+DRAIN_FLAG = "captions:drain:wanted"
+"""Set while a drain job is queued or running; whoever sets it enqueues one."""
+
+DRAIN_FLAG_TTL = 30
+"""Seconds the flag outlives a drain job that died without clearing it."""
+
+DRAIN_JOB = "workers.persist.drain"
+DRAIN_JOB_TIMEOUT = 600
+"""Seconds RQ lets one drain job run (it hands over well before, see workers.persist)."""
+
+
+def connect(url: str, timeout: float | None = 5.0) -> redis.Redis:
+    """A Redis client with short timeouts, so an outage turns into a quick 503, not a hang.
+
+    RQ's worker blocks on the queue for minutes: give it `timeout=None`.
+    """
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=2, health_check_interval=30)
+
+
+def enqueue_drain(conn: redis.Redis) -> None:
+    """Enqueue a drain job (the caller holds the flag)."""
+    Queue(PERSIST_QUEUE, connection=conn).enqueue(
+        DRAIN_JOB, job_timeout=DRAIN_JOB_TIMEOUT, result_ttl=0, failure_ttl=7 * 86400
+    )
+
+
+def want_drain(conn: redis.Redis) -> bool:
+    """Make sure a drain job is queued or running; True when this call enqueued one."""
+    if conn.set(DRAIN_FLAG, 1, nx=True, ex=DRAIN_FLAG_TTL):
+        enqueue_drain(conn)
+        return True
+    return False
+
+
+def queue_delivery(conn: redis.Redis, body: bytes, remote_addr: str | None, received_at: datetime) -> str:
+    """Add an accepted webhook body to the stream; returns its entry id once Redis has it.
+
+    Raises redis.RedisError when Redis cannot take it (the caller answers 503).
+    """
+    pipe = conn.pipeline(transaction=True)
+    pipe.xadd(DELIVERY_STREAM, {"body": body, "at": received_at.timestamp(), "ip": remote_addr or ""})
+    pipe.set(DRAIN_FLAG, 1, nx=True, ex=DRAIN_FLAG_TTL)
+    entry_id, flagged = pipe.execute()
+    if flagged:
+        enqueue_drain(conn)
+    return entry_id.decode()
