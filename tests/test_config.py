@@ -1,0 +1,52 @@
+"""Settings come from the environment; production refuses to start without its secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from config import Config
+from config import ConfigError
+
+SECRETS = {"WEBHOOK_TOKENS": "a, b ,,c", "READ_TOKENS": "r", "SUBMIT_TOKENS": "s"}
+
+
+def test_production_needs_every_secret_and_url():
+    with pytest.raises(ConfigError) as err:
+        Config.from_env({"APP_ENV": "production", "READ_TOKENS": "r"})
+    message = str(err.value)
+    for name in ("WEBHOOK_TOKENS", "SUBMIT_TOKENS", "REDIS_URL", "DATABASE_URL"):
+        assert name in message
+    assert "READ_TOKENS" not in message
+
+
+def test_production_is_the_default():
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        Config.from_env(SECRETS)
+
+
+def test_production_with_everything_set():
+    env = {**SECRETS, "REDIS_URL": "redis://r:6379/1", "DATABASE_URL": "postgres://u@db/captions", "PORT": "9000"}
+    config = Config.from_env(env)
+    assert config.production
+    assert config.webhook_tokens == ("a", "b", "c")
+    assert config.database_url == "postgresql+psycopg://u@db/captions"
+    assert config.port == 9000
+    assert config.public_url == "http://127.0.0.1:9000"
+    assert config.max_body_bytes == 1024 * 1024
+
+
+def test_development_defaults_make_a_local_run_work():
+    config = Config.from_env({"APP_ENV": "development", **SECRETS})
+    assert config.redis_url == "redis://127.0.0.1:6379/0"
+    assert config.database_url.startswith("sqlite:///") and config.database_url.endswith("var/captions.db")
+    assert (config.host, config.port) == ("127.0.0.1", 8000)
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"APP_ENV": "staging"}, "APP_ENV"),
+    ({"APP_ENV": "development", **SECRETS, "PORT": "http"}, "integers"),
+    ({"APP_ENV": "development", **SECRETS, "MAX_BODY_BYTES": "1MB"}, "integers"),
+])
+def test_bad_values_are_named(env, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        Config.from_env(env)
