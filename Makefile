@@ -1,0 +1,45 @@
+# Developer entry points. `make` alone lists the targets.
+#
+# Every target that runs project code depends on `venv`, which creates .venv and
+# installs requirements-test.txt (which includes requirements.txt). The install
+# is re-run only when one of the two requirements files is newer than the stamp
+# file .venv/.installed.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test migrate clean
+
+help: ## list the targets
+	@echo "usage: make TARGET [PYTEST_ARGS='...'] [PYTHON=python3]"
+	@echo
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) \
+		| awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## create .venv and install the pinned requirements (only when they changed)
+
+$(STAMP): requirements.txt requirements-test.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	touch $@
+
+run: venv ## run the whole stack locally (private Redis, web, workers, cron, emulator)
+	$(BIN)/python deploy/launch.py
+
+test: venv ## run the test suite; pass options with PYTEST_ARGS='-k webhook -x'
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+migrate: venv ## apply the database migrations to DATABASE_URL (default: var/captions.db)
+	$(BIN)/python deploy/launch.py migrate
+
+clean: ## remove .venv and caches (var/ with its data and secrets is kept)
+	rm -rf $(VENV) .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# More targets (bench, chaos, ...) go below this line. Make each depend on
+# `venv`, add it to .PHONY, and give it a `## description` after the colon so
+# that `make help` lists it.

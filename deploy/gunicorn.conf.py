@@ -1,0 +1,90 @@
+"""gunicorn settings: `gunicorn -c deploy/gunicorn.conf.py wsgi:app`.
+
+Read from the environment: HOST and PORT (default 127.0.0.1:8000), WEB_CONCURRENCY
+(number of worker processes, default 2 * cores + 1), LOG_LEVEL (default info).
+
+Webhook senders put their token in the query string (`/webhooks/runware?token=...`),
+so no log line written by gunicorn may contain a query string:
+
+- the access log format below uses the path alone (`%(U)s`), never the request
+  line (`%(r)s`, which gunicorn's default format uses) or the query (`%(q)s`);
+- gunicorn's error log quotes the raw request line or URI when a request is
+  malformed or the app raises ("Invalid HTTP request line: 'GET /x?token=...'",
+  "Error handling request POST /x?token=..."), so `RedactingLogger` strips query
+  strings and `token=` values from every error and access log record, tracebacks
+  included.
+"""
+
+import logging
+import multiprocessing
+import os
+import re
+
+from gunicorn.glogging import Logger
+
+# Where and how many. `sync` workers serve one request at a time and rely on the
+# buffering proxy in front (deploy/nginx.conf) to absorb slow clients.
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY") or 2 * multiprocessing.cpu_count() + 1)
+worker_class = "sync"
+proc_name = "captions-web"
+
+# Time limits. A webhook request only validates and queues, so 30 s is generous.
+timeout = 30
+graceful_timeout = 30
+keepalive = 2
+
+# Recycle workers now and then to contain slow leaks; the jitter keeps them from
+# restarting all at once.
+max_requests = 5000
+max_requests_jitter = 500
+
+# Request size limits (the body limit is MAX_BODY_BYTES, enforced by the app and by nginx).
+limit_request_line = 4094
+limit_request_fields = 50
+limit_request_field_size = 8190
+
+# Worker heartbeat files in memory, not on a possibly slow or full disk (containers).
+if os.path.isdir("/dev/shm"):
+    worker_tmp_dir = "/dev/shm"
+
+# Logs go to stdout/stderr for the process manager (systemd journal, docker, honcho).
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info")
+# Remote address, time, method, PATH ONLY (no query string: it carries the token),
+# status, response bytes, duration in ms, and the proxy's X-Forwarded-For.
+access_log_format = '%(h)s %(t)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms fwd=%({x-forwarded-for}i)s'
+
+_QUERY = re.compile(r"(?<=\S)\?[^\s'\"]+")
+_TOKEN = re.compile(r"(token=)[^&\s'\"]+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Remove query strings and `token=` values from a log message."""
+    return _TOKEN.sub(r"\1[redacted]", _QUERY.sub("?[redacted]", text))
+
+
+class RedactQueryStrings(logging.Filter):
+    """Rewrite each record so that neither its message nor its traceback holds a query string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+class RedactingLogger(Logger):
+    """gunicorn's logger with `RedactQueryStrings` on both the error and the access log."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            if not any(isinstance(f, RedactQueryStrings) for f in log.filters):
+                log.addFilter(RedactQueryStrings())
+
+
+logger_class = RedactingLogger
