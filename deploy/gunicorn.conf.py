@@ -48,6 +48,14 @@ limit_request_field_size = 8190
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"
 
+# gunicorn's control socket (for `gunicornc`) defaults to one path per user,
+# shared by every gunicorn that user runs (the test suite starts several): off
+# unless GUNICORN_CONTROL_SOCKET names a path of its own.
+if os.environ.get("GUNICORN_CONTROL_SOCKET"):
+    control_socket = os.environ["GUNICORN_CONTROL_SOCKET"]
+else:
+    control_socket_disable = True
+
 # Logs go to stdout/stderr for the process manager (systemd journal, docker, honcho).
 accesslog = "-"
 errorlog = "-"

@@ -1,0 +1,268 @@
+"""Run the whole service locally: `make run` (or `python deploy/launch.py`).
+
+1. Development settings: APP_ENV=development unless set; the webhook, read and
+   submit tokens are generated once into var/secrets.env (mode 0600) and reused.
+2. Redis: unless REDIS_URL is set, a private redis-server (deploy/redis.conf,
+   append-only file under var/redis/) on a free loopback port.
+3. Runware: unless RUNWARE_API_KEY is set, the local emulator stands in for it.
+4. Migrations: `python -m store upgrade`.
+5. The processes of deploy/Procfile (web, persist, submit, cron) and the emulator,
+   under one honcho supervisor that prefixes each output line with its process.
+6. Once /readyz answers 200: `after_ready(env)` prints how to use the stack.
+
+Ctrl-C or SIGTERM stops the processes, then the private redis-server.
+`python deploy/launch.py migrate` does steps 1 and 4 only (`make migrate`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from honcho.environ import parse_procfile
+from honcho.manager import Manager
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+VAR = ROOT / "var"
+SECRETS_FILE = VAR / "secrets.env"
+TOKEN_KEYS = ("WEBHOOK_TOKENS", "READ_TOKENS", "SUBMIT_TOKENS")
+EMULATOR_PORT = 8010
+READY_TIMEOUT = 60.0
+
+
+def ensure_secrets(path: Path = SECRETS_FILE) -> dict[str, str]:
+    """Return the development tokens, generating any missing ones into `path` (mode 0600)."""
+    values = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not key.lstrip().startswith("#"):
+                values[key.strip()] = value.strip()
+    missing = [key for key in TOKEN_KEYS if not values.get(key)]
+    if missing:
+        values.update({key: secrets.token_urlsafe(32) for key in missing})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("# Local development tokens, written by deploy/launch.py. Keep private.\n")
+            out.writelines(f"{key}={value}\n" for key, value in values.items())
+        os.replace(tmp, path)
+    os.chmod(path, 0o600)
+    return values
+
+
+def tokens(env: dict[str, str]) -> dict[str, str]:
+    """The first token of each kind in effect: the environment's, else var/secrets.env's."""
+    stored = ensure_secrets() if env.get("APP_ENV") == "development" else {}
+    return {key: (env.get(key) or stored.get(key, "")).split(",")[0].strip() for key in TOKEN_KEYS}
+
+
+def base_env() -> dict[str, str]:
+    """The environment for every child process, with development defaults filled in."""
+    env = dict(os.environ)
+    env.setdefault("APP_ENV", "development")
+    env.setdefault("HOST", "127.0.0.1")
+    env.setdefault("PORT", "8000")
+    env["PYTHONUNBUFFERED"] = "1"
+    # The Procfile says `python`, `gunicorn`, `rq`: take them from this interpreter's environment.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if env["APP_ENV"] == "development":
+        ensure_secrets()
+    return env
+
+
+def free_port(preferred: int = 0) -> int:
+    """`preferred` if it is free on 127.0.0.1, else any free port."""
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+def start_redis(env: dict[str, str]) -> subprocess.Popen:
+    """Start a private redis-server with deploy/redis.conf on a free port; set REDIS_URL."""
+    if not shutil.which("redis-server"):
+        sys.exit(
+            "redis-server is not installed, and REDIS_URL is not set.\n"
+            "Install it (Debian/Ubuntu: `sudo apt-get install redis-server`; macOS: `brew install redis`)\n"
+            "or point REDIS_URL at a Redis server you run."
+        )
+    data = VAR / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = ["redis-server", str(DEPLOY / "redis.conf"), "--port", str(port), "--bind", "127.0.0.1",
+           "--dir", str(data), "--logfile", str(data / "redis.log")]
+    # A session of its own: the terminal's Ctrl-C goes to us, and Redis is stopped
+    # last, after the workers have finished their jobs.
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not redis_answers(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            sys.exit(f"redis-server did not start; see {data / 'redis.log'}")
+        time.sleep(0.05)
+    env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    print(f"launch: private redis-server on 127.0.0.1:{port} (data in {data.relative_to(ROOT)}/)", flush=True)
+    return proc
+
+
+def redis_answers(port: int) -> bool:
+    """True when a Redis on 127.0.0.1:`port` answers PING (not while it is still loading)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def stop(proc: subprocess.Popen | None, timeout: float = 30) -> None:
+    """Stop a child process: SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def processes(env: dict[str, str]) -> dict[str, str]:
+    """The commands to supervise: deploy/Procfile's, plus the emulator when Runware is not configured."""
+    procs = dict(parse_procfile((DEPLOY / "Procfile").read_text()).processes)
+    if not (ROOT / "workers" / "schedule.py").exists() and not (ROOT / "workers" / "schedule").is_dir():
+        print("launch: workers/schedule.py not found; running without the cron process", flush=True)
+        procs.pop("cron", None)
+    if not env.get("RUNWARE_API_KEY"):
+        port = free_port(EMULATOR_PORT)
+        env["RUNWARE_API_URL"] = f"http://127.0.0.1:{port}/v1"
+        env["RUNWARE_API_KEY"] = "emulator-key"
+        procs["emulator"] = f"python -m emulator --port {port}"
+    return procs
+
+
+def migrate(env: dict[str, str]) -> None:
+    """Apply the database migrations (`python -m store upgrade`); exit if they fail."""
+    result = subprocess.run([sys.executable, "-m", "store", "upgrade"], cwd=ROOT, env=env)
+    if result.returncode:
+        sys.exit(f"launch: migrations failed (exit {result.returncode})")
+
+
+def wait_ready(env: dict[str, str], stopping: threading.Event) -> bool:
+    """Poll /readyz until it answers 200 (True), or until timeout or shutdown (False)."""
+    url = f"{local_url(env)}/readyz"
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not stopping.is_set() and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        stopping.wait(0.25)
+    return False
+
+
+def local_url(env: dict[str, str]) -> str:
+    """The base URL at which this machine reaches the web process."""
+    host = env["HOST"] if env["HOST"] not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"http://{host}:{env['PORT']}"
+
+
+def after_ready(env: dict[str, str]) -> None:
+    """Runs once the stack answers /readyz: print the banner (URLs, tokens, sample requests).
+
+    The one place where tokens are printed. Later additions (submitting samples,
+    a table of captions) belong here.
+    """
+    base, tok, task = local_url(env), tokens(env), str(uuid.uuid4())
+    body = json.dumps({"data": [{"taskType": "imageCaption", "taskUUID": task, "text": "a caption", "cost": 0.0019}]})
+    webhook = f"{base}/webhooks/runware?token={tok['WEBHOOK_TOKENS']}"
+    post = ["curl", "-sS", "-X", "POST", webhook, "-H", "Content-Type: application/json", "-d", body]
+    read = ["curl", "-sS", "-H", f"Authorization: Bearer {tok['READ_TOKENS']}", f"{base}/api/tasks/{task}"]
+    rule = "=" * 78
+    print("\n".join([
+        "", rule, f"Ready at {base}   (Ctrl-C stops everything)", "",
+        f"Webhook URL:   {webhook}",
+        f"Read token:    {tok['READ_TOKENS']}",
+        f"Submit token:  {tok['SUBMIT_TOKENS']}",
+        f"Runware API:   {env['RUNWARE_API_URL']}" if env.get("RUNWARE_API_URL") else "",
+        "", "Send a sample result, then read it back:", "",
+        "  " + shlex.join(post), "", "  " + shlex.join(read), rule, "",
+    ]), flush=True)
+
+
+class Supervisor(Manager):
+    """honcho's Manager, which also runs `after_ready` once the web process is ready."""
+
+    def __init__(self, env: dict[str, str]):
+        super().__init__()
+        self.env = env
+        self.stopping = threading.Event()
+
+    def _start(self):
+        # The readiness thread starts after honcho has forked its process runners.
+        super()._start()
+        threading.Thread(target=self._when_ready, daemon=True).start()
+
+    def _when_ready(self):
+        if wait_ready(self.env, self.stopping):
+            after_ready(self.env)
+        elif not self.stopping.is_set():
+            print(f"launch: {local_url(self.env)}/readyz did not answer 200 within {READY_TIMEOUT:.0f}s",
+                  flush=True)
+
+    def terminate(self):
+        self.stopping.set()
+        super().terminate()
+
+
+def main(argv: list[str]) -> int:
+    """Start the stack (no argument) or only apply the migrations (`migrate`)."""
+    os.chdir(ROOT)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    env = base_env()
+    if argv[1:] == ["migrate"]:
+        migrate(env)
+        return 0
+    if argv[1:]:
+        sys.exit(f"usage: {argv[0]} [migrate]")
+    redis = None
+    try:
+        if not env.get("REDIS_URL"):
+            redis = start_redis(env)
+        migrate(env)
+        supervisor = Supervisor(env)
+        for name, cmd in processes(env).items():
+            supervisor.add_process(name, cmd, env=env, cwd=str(ROOT))
+        supervisor.loop()
+        return supervisor.returncode or 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if redis is not None:
+            print("launch: stopping redis-server", flush=True)
+            stop(redis)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
