@@ -112,12 +112,13 @@ class Gunicorn:
         if self.process.poll() is not None:
             raise AssertionError(f"gunicorn exited: {self.output()}")
         try:
-            return requests.get(self.url + "/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
+            return requests.get(self.url + "/healthz", timeout=2).status_code == 200
+        except requests.RequestException:
             return False
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
