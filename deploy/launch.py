@@ -108,8 +108,10 @@ def start_redis(env: dict[str, str]) -> subprocess.Popen:
     data = VAR / "redis"
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    cmd = ["redis-server", str(DEPLOY / "redis.conf"), "--port", str(port), "--bind", "127.0.0.1",
-           "--dir", str(data), "--logfile", str(data / "redis.log")]
+    conf, log, pidfile = DEPLOY / "redis.conf", data / "redis.log", data / "redis.pid"
+    stop_stale_redis(pidfile)
+    cmd = ["redis-server", str(conf), "--port", str(port), "--bind", "127.0.0.1"]
+    cmd += ["--dir", str(data), "--logfile", str(log), "--pidfile", str(pidfile)]
     # A session of its own: the terminal's Ctrl-C goes to us, and Redis is stopped
     # last, after the workers have finished their jobs.
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -117,11 +119,29 @@ def start_redis(env: dict[str, str]) -> subprocess.Popen:
     while not redis_answers(port):
         if proc.poll() is not None or time.monotonic() > deadline:
             stop(proc)
-            sys.exit(f"redis-server did not start; see {data / 'redis.log'}")
+            sys.exit(f"redis-server did not start; see {log}")
         time.sleep(0.05)
     env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
     print(f"launch: private redis-server on 127.0.0.1:{port} (data in {data.relative_to(ROOT)}/)", flush=True)
     return proc
+
+
+def stop_stale_redis(pidfile: Path) -> None:
+    """Stop a private redis-server left running by an earlier launcher that was killed.
+
+    Two servers must never share the append-only file in var/redis/.
+    """
+    try:
+        pid = int(pidfile.read_text().strip())
+        alive = b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if alive:
+        print(f"launch: stopping the private redis-server left from an earlier run (pid {pid})", flush=True)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def redis_answers(port: int) -> bool:
@@ -199,16 +219,22 @@ def after_ready(env: dict[str, str]) -> None:
     webhook = f"{base}/webhooks/runware?token={tok['WEBHOOK_TOKENS']}"
     post = ["curl", "-sS", "-X", "POST", webhook, "-H", "Content-Type: application/json", "-d", body]
     read = ["curl", "-sS", "-H", f"Authorization: Bearer {tok['READ_TOKENS']}", f"{base}/api/tasks/{task}"]
-    rule = "=" * 78
-    print("\n".join([
-        "", rule, f"Ready at {base}   (Ctrl-C stops everything)", "",
+    lines = [
+        f"Ready at {base}   (Ctrl-C stops everything)",
+        "",
         f"Webhook URL:   {webhook}",
         f"Read token:    {tok['READ_TOKENS']}",
         f"Submit token:  {tok['SUBMIT_TOKENS']}",
-        f"Runware API:   {env['RUNWARE_API_URL']}" if env.get("RUNWARE_API_URL") else "",
-        "", "Send a sample result, then read it back:", "",
-        "  " + shlex.join(post), "", "  " + shlex.join(read), rule, "",
-    ]), flush=True)
+        f"Runware API:   {env.get('RUNWARE_API_URL') or '(not set)'}",
+        "",
+        "Send a sample result, then read it back:",
+        "",
+        "  " + shlex.join(post),
+        "",
+        "  " + shlex.join(read),
+    ]
+    rule = "=" * 78
+    print("\n".join(["", rule, *lines, rule, ""]), flush=True)
 
 
 class Supervisor(Manager):
@@ -228,8 +254,7 @@ class Supervisor(Manager):
         if wait_ready(self.env, self.stopping):
             after_ready(self.env)
         elif not self.stopping.is_set():
-            print(f"launch: {local_url(self.env)}/readyz did not answer 200 within {READY_TIMEOUT:.0f}s",
-                  flush=True)
+            print(f"launch: {local_url(self.env)}/readyz did not answer 200 within {READY_TIMEOUT:.0f}s", flush=True)
 
     def terminate(self):
         self.stopping.set()
