@@ -64,6 +64,17 @@ class Config:
     runware_api_key: str = ""
     persist_batch_size: int = 1000
     retry_after_seconds: int = 5
+    admin_tokens: tuple[str, ...] = ()
+    delivery_retention_days: int = 30
+    persist_stale_after_ms: int = 15_000
+    # Submission and reconciliation of the tasks this service sends (see SUBMIT_SETTINGS).
+    submit_batch_size: int = 10
+    submit_max_attempts: int = 8
+    reconcile_after_seconds: int = 60
+    reconcile_interval_seconds: int = 30
+    result_deadline_seconds: int = 900
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_submit_body_bytes: int = 64 * 1024 * 1024
 
     @property
     def production(self) -> bool:
@@ -93,6 +104,13 @@ class Config:
             batch = int(env.get("PERSIST_BATCH_SIZE", cls.persist_batch_size))
         except ValueError as exc:
             raise ConfigError(f"PORT, MAX_BODY_BYTES and PERSIST_BATCH_SIZE must be integers: {exc}") from None
+        try:
+            retention = int(env.get("DELIVERY_RETENTION_DAYS", cls.delivery_retention_days))
+            stale = int(env.get("PERSIST_STALE_AFTER_MS", cls.persist_stale_after_ms))
+        except ValueError as exc:
+            raise ConfigError(f"DELIVERY_RETENTION_DAYS and PERSIST_STALE_AFTER_MS must be integers: {exc}") from None
+        if retention < 1 or stale < 100:
+            raise ConfigError("DELIVERY_RETENTION_DAYS must be at least 1 and PERSIST_STALE_AFTER_MS at least 100")
         host = env.get("HOST", cls.host)
         return cls(
             app_env=app_env,
@@ -108,4 +126,34 @@ class Config:
             runware_api_url=env.get("RUNWARE_API_URL", ""),
             runware_api_key=env.get("RUNWARE_API_KEY", ""),
             persist_batch_size=batch,
+            **_submit_settings(env),
         )
+
+
+SUBMIT_SETTINGS = {
+    "SUBMIT_BATCH_SIZE": "tasks per Runware request",
+    "SUBMIT_MAX_ATTEMPTS": "times a task is sent before a transient failure becomes final",
+    "RECONCILE_AFTER_SECONDS": "a submitted task without a result is polled with getResponse after this long",
+    "RECONCILE_INTERVAL_SECONDS": "how often the reconcile job runs (rq cron)",
+    "RESULT_DEADLINE_SECONDS": "a submitted task still without a result is failed (code timeout) after this long",
+    "MAX_IMAGE_BYTES": "largest image accepted for captioning, decoded",
+    "MAX_SUBMIT_BODY_BYTES": "largest POST /api/captions body (JSON or multipart)",
+}
+"""Integer settings of submission and reconciliation, all positive, with what each means."""
+
+
+def _submit_settings(env: dict[str, str]) -> dict[str, int]:
+    """Read SUBMIT_SETTINGS that are set; raise ConfigError naming a bad one."""
+    values = {}
+    for key in SUBMIT_SETTINGS:
+        raw = env.get(key, "").strip()
+        if not raw:
+            continue
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{key} must be an integer, not {raw!r}") from None
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, not {value}")
+        values[key.lower()] = value
+    return values
