@@ -126,6 +126,9 @@ class Config:
             runware_api_url=env.get("RUNWARE_API_URL", ""),
             runware_api_key=env.get("RUNWARE_API_KEY", ""),
             persist_batch_size=batch,
+            admin_tokens=_tokens(env.get("ADMIN_TOKENS")),
+            delivery_retention_days=retention,
+            persist_stale_after_ms=stale,
             **_submit_settings(env),
         )
 
