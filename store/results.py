@@ -10,12 +10,15 @@ concurrent writers cannot race it, and it is the same on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
+from datetime import timezone
 from decimal import Decimal
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite
@@ -90,7 +93,7 @@ def _merge_statement(dialect: str) -> sa.Insert:
     new, old = stmt.excluded, tasks.c
     wins = sa.or_(
         _rank(new.status) > _rank(old.status),
-        sa.and_(new.status == old.status, _rank(new.status) >= FINAL_RANK, new.result_at < old.result_at),
+        sa.and_(new.status == old.status, _rank(new.status) >= _literal(FINAL_RANK), new.result_at < old.result_at),
     )
 
     def pick(name: str) -> sa.ColumnElement:
@@ -125,9 +128,41 @@ def _rounds(rows: list[dict]) -> Iterable[list[dict]]:
     return rounds
 
 
+@functools.cache
+def _sql(statement: str, dialect: str, columns: tuple[str, ...]) -> str:
+    """A statement compiled once per dialect, with named parameters, for `exec_driver_sql`."""
+    stmt = _merge_statement(dialect) if statement == "merge" else deliveries.insert()
+    target = sqlite.dialect(paramstyle="named") if dialect == "sqlite" else postgresql.psycopg.dialect()
+    return str(stmt.compile(dialect=target, column_keys=list(columns)))
+
+
+def _run(conn: sa.Connection, statement: str, rows: list[dict]) -> None:
+    """Execute many rows at once through the driver, the statement compiled once.
+
+    This is the drain's hot path: per-value type processing cost more than the
+    database spent writing, so rows arrive with driver-ready values (`_db_values`).
+    """
+    conn.exec_driver_sql(_sql(statement, conn.dialect.name, tuple(rows[0])), rows)
+
+
+def _db_values(conn: sa.Connection):
+    """Converters to driver values: SQLite keeps UTC times as text and decimals as numbers."""
+    if conn.dialect.name != "sqlite":
+        return (lambda t: t), (lambda d: d)
+    cache: dict[datetime, str | None] = {None: None}
+
+    def time(value: datetime | None) -> str | None:
+        if value not in cache:
+            cache[value] = value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
+        return cache[value]
+
+    return time, lambda d: None if d is None else str(d)
+
+
 def apply_results(conn: sa.Connection, results: Iterable[Result], *, delivered: bool = True) -> int:
     """Merge results into `tasks`. `delivered` counts each as a webhook delivery. Returns how many."""
-    now = utcnow()
+    time, number = _db_values(conn)
+    now = time(utcnow())
     rows = [
         {
             "task_uuid": r.task_uuid,
@@ -136,23 +171,21 @@ def apply_results(conn: sa.Connection, results: Iterable[Result], *, delivered: 
             "task_type": r.task_type,
             "model": r.model,
             "text": r.text,
-            "cost": r.cost,
+            "cost": number(r.cost),
             "error_code": r.error_code,
             "error_message": r.error_message,
             "conflict": False,
-            "result_at": r.received_at if r.status in FINAL_STATUSES else None,
+            "result_at": time(r.received_at) if r.status in FINAL_STATUSES else None,
             "delivery_count": 1 if delivered else 0,
-            "first_delivery_at": r.received_at if delivered else None,
-            "last_delivery_at": r.received_at if delivered else None,
+            "first_delivery_at": time(r.received_at) if delivered else None,
+            "last_delivery_at": time(r.received_at) if delivered else None,
             "created_at": now,
             "updated_at": now,
         }
         for r in results
     ]
-    if rows:
-        stmt = _merge_statement(conn.dialect.name)
-        for batch in _rounds(rows):
-            conn.execute(stmt, batch)
+    for batch in _rounds(rows):
+        _run(conn, "merge", batch)
     return len(rows)
 
 
@@ -172,17 +205,19 @@ def save_deliveries(conn: sa.Connection, batch: list[Delivery]) -> list[Delivery
     fresh = [d for d in batch if d.id not in seen]
     if not fresh:
         return []
-    now = utcnow()
-    conn.execute(
-        deliveries.insert(),
+    time, _ = _db_values(conn)
+    now = time(utcnow())
+    _run(
+        conn,
+        "log",
         [
             {
                 "id": d.id,
-                "received_at": d.received_at,
+                "received_at": time(d.received_at),
                 "remote_addr": d.remote_addr,
                 "size": d.size,
                 "outcome": d.outcome,
-                "items": [r.as_json() for r in d.results],
+                "items": orjson.dumps([r.as_json() for r in d.results]).decode(),
                 "detail": "; ".join(d.skipped) or None,
                 "stored_at": now,
             }

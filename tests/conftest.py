@@ -100,7 +100,9 @@ def config(redis_url, database_url, monkeypatch) -> Config:
 
 @pytest.fixture
 def app(config):
-    return create_app(config)
+    app = create_app(config)
+    yield app
+    app.extensions["redis"].close()
 
 
 @pytest.fixture
