@@ -8,8 +8,10 @@ a dead consumer (`STALE_AFTER_MS`) and stores them again, which the delivery log
 makes a no-op for those already committed.
 
 A batch that the database rejects is split until the offending delivery is
-alone; its items then go to the dead-letter table one by one. A database outage
-is waited out (the batch is retried with backoff) rather than dead-lettered.
+alone; that delivery is tried again with backoff (`REJECTED_RETRY_DELAYS`), and
+only then do its items go to the dead-letter table. A database outage is waited
+out (the batch is retried with backoff) rather than dead-lettered; while it
+waits, the drain keeps its entries claimed so no other drain takes it for dead.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sqlalchemy as sa
 from config import Config
 from store.db import engine_for
 from store.results import Delivery
+from store.results import known_deliveries
 from store.results import save_deliveries
 from store.schema import dead_letters
 from store.schema import utcnow
@@ -41,7 +44,8 @@ from workers.queues import enqueue_drain
 log = logging.getLogger(__name__)
 
 STALE_AFTER_MS = 15_000
-"""An entry pending this long with its consumer silent is taken for abandoned and claimed."""
+"""An entry pending this long with its consumer silent is taken for abandoned and claimed
+(the default of the PERSIST_STALE_AFTER_MS setting)."""
 
 IDLE_BLOCK_MS = 500
 """How long a drain waits for new entries before it considers stopping."""
@@ -49,8 +53,14 @@ IDLE_BLOCK_MS = 500
 HAND_OVER_AFTER_S = 60.0
 """A drain that has run this long enqueues its successor and ends (keeps jobs short for RQ)."""
 
+KEEP_ALIVE_EVERY_S = 1.0
+"""While a drain waits for the database, how often it re-claims its entries and refreshes the flag."""
+
 DB_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30, 30, 30, 30)
 """Seconds between attempts to write a batch while the database is unreachable."""
+
+REJECTED_RETRY_DELAYS = (0.5, 2.0)
+"""Seconds between attempts at a delivery the database rejects; after the last one it is dead-lettered."""
 
 
 def ensure_group(conn: redis.Redis) -> None:
@@ -87,23 +97,44 @@ def write(engine: sa.Engine, batch: list[Delivery]) -> int:
         if _is_outage(exc):
             raise
         if len(batch) > 1:
+            with engine.connect() as conn:
+                seen = known_deliveries(conn, [d.id for d in batch])
+            if seen:
+                # Another drain stored some of these meanwhile (it was slow, not dead): drop them.
+                return write(engine, [d for d in batch if d.id not in seen])
             middle = len(batch) // 2
             return write(engine, batch[:middle]) + write(engine, batch[middle:])
-        log.error("delivery %s rejected by the database: %s", batch[0].id, exc.orig)
-        return _dead_letter(engine, batch[0], str(exc.orig))
+        return _retry_rejected(engine, batch[0], exc)
 
 
-def _dead_letter(engine: sa.Engine, delivery: Delivery, reason: str) -> int:
+def _retry_rejected(engine: sa.Engine, delivery: Delivery, exc: sa.exc.DBAPIError) -> int:
+    """Try a rejected delivery again with backoff; dead-letter it when every attempt fails."""
+    for delay in REJECTED_RETRY_DELAYS:
+        log.warning("delivery %s rejected by the database (%s); retrying in %ss", delivery.id, exc.orig, delay)
+        time.sleep(delay)
+        try:
+            with engine.begin() as conn:
+                return len(save_deliveries(conn, [delivery]))
+        except sa.exc.DBAPIError as again:
+            if _is_outage(again):
+                raise
+            exc = again
+    attempts = len(REJECTED_RETRY_DELAYS) + 1
+    log.error("delivery %s rejected by the database %d times, dead-lettered: %s", delivery.id, attempts, exc.orig)
+    return _dead_letter(engine, delivery, str(exc.orig), attempts)
+
+
+def _dead_letter(engine: sa.Engine, delivery: Delivery, reason: str, attempts: int = 1) -> int:
     """Keep a delivery's items that cannot be stored, with the reason, for replay."""
     now = utcnow()
     kept = Delivery(delivery.id, delivery.received_at, delivery.remote_addr, delivery.size, [],
                     [*delivery.skipped, f"dead-lettered: {reason}"])
     with engine.begin() as conn:
-        save_deliveries(conn, [kept])
-        if delivery.results:
+        # Logged once: a delivery seen again (a drain that died before acknowledging it) adds no letters.
+        if save_deliveries(conn, [kept]) and delivery.results:
             conn.execute(dead_letters.insert(), [
                 {"delivery_id": delivery.id, "task_uuid": r.task_uuid, "item": r.as_json(),
-                 "reason": reason, "attempts": 1, "created_at": now}
+                 "reason": reason, "attempts": attempts, "created_at": now}
                 for r in delivery.results
             ])
     return 1
@@ -118,25 +149,31 @@ def write_with_retry(engine: sa.Engine, batch: list[Delivery], keep_alive) -> in
             if delay is None:
                 raise
             log.warning("database unavailable (%s); retrying batch in %ss", type(exc.orig).__name__, delay)
-            keep_alive()
-            time.sleep(delay)
+            waited = 0.0
+            while waited < delay:
+                keep_alive()
+                step = min(KEEP_ALIVE_EVERY_S, delay - waited)
+                time.sleep(step)
+                waited += step
     raise AssertionError("unreachable")
 
 
 class Drainer:
     """One drain job's reading position and identity in the consumer group."""
 
-    def __init__(self, conn: redis.Redis, engine: sa.Engine, batch_size: int):
+    def __init__(self, conn: redis.Redis, engine: sa.Engine, batch_size: int, stale_after_ms: int = STALE_AFTER_MS):
         self.conn = conn
         self.engine = engine
         self.batch_size = batch_size
+        self.stale_after_ms = stale_after_ms
         self.consumer = f"{socket.gethostname()}:{os.getpid()}"
         self.stored = 0
+        self.in_hand: list[str] = []
 
     def read(self, block_ms: int | None) -> list[tuple[str, dict]]:
         """Abandoned entries first, then our own unacknowledged ones, then new ones."""
         _, claimed, _ = self.conn.xautoclaim(
-            DELIVERY_STREAM, DELIVERY_GROUP, self.consumer, STALE_AFTER_MS, "0-0", count=self.batch_size
+            DELIVERY_STREAM, DELIVERY_GROUP, self.consumer, self.stale_after_ms, "0-0", count=self.batch_size
         )
         entries = [e for e in claimed if e[1]]
         if not entries:
@@ -149,8 +186,8 @@ class Drainer:
     def persist(self, entries: list[tuple[str, dict]]) -> None:
         """Store the entries, then acknowledge and delete them from the stream."""
         batch = [to_delivery(entry_id, fields) for entry_id, fields in entries]
+        ids = self.in_hand = [entry_id for entry_id, _ in entries]
         self.stored += write_with_retry(self.engine, batch, self.keep_alive)
-        ids = [entry_id for entry_id, _ in entries]
         pipe = self.conn.pipeline(transaction=True)
         pipe.xack(DELIVERY_STREAM, DELIVERY_GROUP, *ids)
         pipe.xdel(DELIVERY_STREAM, *ids)
@@ -158,7 +195,15 @@ class Drainer:
         pipe.execute()
 
     def keep_alive(self) -> None:
-        self.conn.expire(DRAIN_FLAG, DRAIN_FLAG_TTL)
+        """Show this drain is alive: refresh the flag and reset the idle time of the entries in hand."""
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.expire(DRAIN_FLAG, DRAIN_FLAG_TTL)
+        if self.in_hand:
+            pipe.xclaim(DELIVERY_STREAM, DELIVERY_GROUP, self.consumer, 0, self.in_hand, justid=True)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:  # the batch is still worth writing; acknowledging it will tell
+            log.warning("could not refresh the drain's claim: %s", type(exc).__name__)
 
     def run(self, hand_over_after: float = HAND_OVER_AFTER_S) -> int:
         """Drain until the stream is empty or it is time to hand over. Returns deliveries stored."""
@@ -185,7 +230,8 @@ class Drainer:
 def drain(hand_over_after: float = HAND_OVER_AFTER_S) -> int:
     """RQ job: persist queued deliveries in batches. Returns how many deliveries were stored."""
     config = Config.from_env()
-    drainer = Drainer(connect(config.redis_url), engine_for(config.database_url), config.persist_batch_size)
+    drainer = Drainer(connect(config.redis_url), engine_for(config.database_url), config.persist_batch_size,
+                      config.persist_stale_after_ms)
     stored = drainer.run(hand_over_after)
     log.info("drain stored %d deliveries", stored)
     return stored
