@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 
+import orjson
 import redis
 from flask import Blueprint
-from flask import jsonify
+from flask import Response
 from flask import request
 
 from receiver.auth import token_matches
@@ -48,4 +49,5 @@ def receive():
         log.error("webhook not queued, Redis unavailable: %s", type(exc).__name__)
         return error_response(503, "temporarily unable to queue the delivery; retry later",
                               headers={"Retry-After": str(config.retry_after_seconds)})
-    return jsonify(status="queued", delivery=delivery, items=len(results), skipped=skipped), 202
+    body = orjson.dumps({"status": "queued", "delivery": delivery, "items": len(results), "skipped": skipped})
+    return Response(body, status=202, mimetype="application/json")

@@ -64,7 +64,9 @@ def queue_delivery(conn: redis.Redis, body: bytes, remote_addr: str | None, rece
 
     Raises redis.RedisError when Redis cannot take it (the caller answers 503).
     """
-    pipe = conn.pipeline(transaction=True)
+    # No MULTI needed: a drain clears the flag and then reads once more, so an entry
+    # added on either side of that clear is seen by it or by the drain this call enqueues.
+    pipe = conn.pipeline(transaction=False)
     pipe.xadd(DELIVERY_STREAM, {"body": body, "at": received_at.timestamp(), "ip": remote_addr or ""})
     pipe.set(DRAIN_FLAG, 1, nx=True, ex=DRAIN_FLAG_TTL)
     entry_id, flagged = pipe.execute()
