@@ -11,8 +11,11 @@ the local launcher writes.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -28,6 +31,21 @@ class ConfigError(RuntimeError):
 def _tokens(value: str | None) -> tuple[str, ...]:
     """Split a comma-separated token list, dropping blanks."""
     return tuple(t.strip() for t in (value or "").split(",") if t.strip())
+
+
+def signing_keys(value: str | None) -> tuple[bytes, ...]:
+    """Decode comma-separated Standard Webhooks secrets (`whsec_` + base64 of at least 24 bytes)."""
+    keys = []
+    for n, secret in enumerate(_tokens(value), 1):
+        encoded = secret.removeprefix("whsec_")
+        try:
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError(f"WEBHOOK_SIGNING_SECRETS: secret {n} is not whsec_ followed by base64") from None
+        if len(key) < 24:
+            raise ConfigError(f"WEBHOOK_SIGNING_SECRETS: secret {n} is shorter than 24 bytes")
+        keys.append(key)
+    return tuple(keys)
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
@@ -75,6 +93,11 @@ class Config:
     result_deadline_seconds: int = 900
     max_image_bytes: int = 10 * 1024 * 1024
     max_submit_body_bytes: int = 64 * 1024 * 1024
+    # Standard Webhooks signatures (receiver/signatures.py): required when keys are set.
+    webhook_signing_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    webhook_signature_tolerance: int = 300
+    # Bearer tokens for GET /metrics besides READ_TOKENS (for a Prometheus scraper).
+    metrics_tokens: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def production(self) -> bool:
@@ -109,6 +132,12 @@ class Config:
             stale = int(env.get("PERSIST_STALE_AFTER_MS", cls.persist_stale_after_ms))
         except ValueError as exc:
             raise ConfigError(f"DELIVERY_RETENTION_DAYS and PERSIST_STALE_AFTER_MS must be integers: {exc}") from None
+        try:
+            tolerance = int(env.get("WEBHOOK_SIGNATURE_TOLERANCE_SECONDS", cls.webhook_signature_tolerance))
+        except ValueError as exc:
+            raise ConfigError(f"WEBHOOK_SIGNATURE_TOLERANCE_SECONDS must be an integer: {exc}") from None
+        if tolerance < 1:
+            raise ConfigError("WEBHOOK_SIGNATURE_TOLERANCE_SECONDS must be at least 1")
         if retention < 1 or stale < 100:
             raise ConfigError("DELIVERY_RETENTION_DAYS must be at least 1 and PERSIST_STALE_AFTER_MS at least 100")
         host = env.get("HOST", cls.host)
@@ -129,6 +158,9 @@ class Config:
             admin_tokens=_tokens(env.get("ADMIN_TOKENS")),
             delivery_retention_days=retention,
             persist_stale_after_ms=stale,
+            webhook_signing_keys=signing_keys(env.get("WEBHOOK_SIGNING_SECRETS")),
+            webhook_signature_tolerance=tolerance,
+            metrics_tokens=_tokens(env.get("METRICS_TOKENS")),
             **_submit_settings(env),
         )
 
