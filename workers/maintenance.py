@@ -1,0 +1,257 @@
+"""Housekeeping: the drain sweep, delivery-log retention, and dead-letter listing and replay.
+
+- `sweep` (RQ cron, every `SWEEP_INTERVAL_S`): guarantees progress when no new
+  delivery arrives to enqueue a drain. It enqueues one when the stream holds
+  entries and no drain is wanted, or when entries sit abandoned in the consumer
+  group (their drain was killed) while the flag of that dead drain lingers. So a
+  delivery in Redis reaches the store within seconds of a crash, not after RQ's
+  ten-minute maintenance pass.
+- `cleanup` (RQ cron, hourly): deletes the delivery log older than
+  `DELIVERY_RETENTION_DAYS`, and dead letters replayed before that, in batches,
+  each batch its own short transaction. It never deletes the log of a delivery
+  still in the stream (its idempotency record).
+- `list_dead_letters` / `replay_dead_letters`: what the API and the CLI
+  (`flask deadletters ...`) call. A replay applies a letter's item to the store
+  and marks the letter replayed in one transaction, claimed first, so replaying
+  the same letters twice, even concurrently, stores each once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from dataclasses import field
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
+from decimal import Decimal
+
+import redis
+import sqlalchemy as sa
+
+from config import Config
+from store.db import engine_for
+from store.results import Result
+from store.results import apply_results
+from store.schema import dead_letters
+from store.schema import deliveries
+from store.schema import utcnow
+from workers.persist import _is_outage as is_outage
+from workers.persist import ensure_group
+from workers.queues import DELIVERY_GROUP
+from workers.queues import DELIVERY_STREAM
+from workers.queues import connect
+from workers.queues import enqueue_drain
+from workers.queues import want_drain
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 5
+"""How often rq cron runs `sweep`."""
+
+RESCUE_KEY = "captions:drain:rescue"
+"""Set (for one stale period) when the sweep enqueued a drain for abandoned entries: one rescue at a time."""
+
+CLEANUP_BATCH = 5000
+"""Rows deleted per transaction by the retention cleanup."""
+
+CLOCK_MARGIN = timedelta(hours=1)
+"""Kept beyond the oldest stream entry, for clock skew between Redis and the web hosts."""
+
+REPLAY_LIMIT = 1000
+"""Letters one replay call handles at most; the answer says how many remain."""
+
+
+# -- the sweep -----------------------------------------------------------------------------------
+
+
+def sweep_stream(conn: redis.Redis, stale_after_ms: int) -> str:
+    """Enqueue a drain if deliveries wait and none will come; says what it did."""
+    if not conn.xlen(DELIVERY_STREAM):
+        return "idle"
+    if want_drain(conn):
+        return "enqueued"
+    ensure_group(conn)
+    abandoned = conn.xpending_range(DELIVERY_STREAM, DELIVERY_GROUP, "-", "+", 1, idle=stale_after_ms)
+    if abandoned and conn.set(RESCUE_KEY, 1, nx=True, px=stale_after_ms):
+        enqueue_drain(conn)
+        return "rescued"
+    return "draining"
+
+
+def sweep() -> str:
+    """RQ job: see `sweep_stream`."""
+    config = Config.from_env()
+    outcome = sweep_stream(connect(config.redis_url), config.persist_stale_after_ms)
+    if outcome == "rescued":
+        log.warning("sweep: deliveries abandoned by a dead drain; enqueued a new drain")
+    return outcome
+
+
+# -- retention -----------------------------------------------------------------------------------
+
+
+def oldest_queued_at(conn: redis.Redis) -> datetime | None:
+    """When the oldest entry still in the delivery stream was added (from its id), if any."""
+    first = conn.xrange(DELIVERY_STREAM, "-", "+", count=1)
+    if not first:
+        return None
+    millis = int(first[0][0].split(b"-")[0])
+    return datetime.fromtimestamp(millis / 1000, timezone.utc)
+
+
+def _delete_in_batches(engine: sa.Engine, table: sa.Table, key: sa.Column, *where, batch_size: int) -> int:
+    deleted = 0
+    while True:
+        chosen = sa.select(key).where(*where).limit(batch_size).scalar_subquery()
+        with engine.begin() as conn:
+            count = conn.execute(table.delete().where(key.in_(chosen))).rowcount
+        deleted += count
+        if count < batch_size:
+            return deleted
+
+
+def purge(engine: sa.Engine, before: datetime, batch_size: int = CLEANUP_BATCH) -> dict[str, int]:
+    """Delete the delivery log received before `before`, and dead letters replayed before it."""
+    return {
+        "deliveries": _delete_in_batches(engine, deliveries, deliveries.c.id, deliveries.c.received_at < before,
+                                         batch_size=batch_size),
+        "dead_letters": _delete_in_batches(engine, dead_letters, dead_letters.c.id,
+                                           dead_letters.c.replayed_at < before, batch_size=batch_size),
+    }
+
+
+def retention_cutoff(config: Config, conn: redis.Redis | None, now: datetime | None = None) -> datetime:
+    """`DELIVERY_RETENTION_DAYS` ago, or earlier if a delivery that old is still in the stream."""
+    cutoff = (now or utcnow()) - timedelta(days=config.delivery_retention_days)
+    oldest = oldest_queued_at(conn) if conn is not None else None
+    if oldest is not None:
+        cutoff = min(cutoff, oldest - CLOCK_MARGIN)
+    return cutoff
+
+
+def cleanup() -> dict[str, int]:
+    """RQ job: apply the retention period. Returns how many rows of each table it deleted."""
+    config = Config.from_env()
+    cutoff = retention_cutoff(config, connect(config.redis_url))
+    deleted = purge(engine_for(config.database_url), cutoff)
+    log.info("retention: deleted %s (before %s)", deleted, cutoff.isoformat())
+    return deleted
+
+
+# -- dead letters --------------------------------------------------------------------------------
+
+LETTER_FIELDS = ("id", "delivery_id", "task_uuid", "item", "reason", "attempts", "created_at", "replayed_at")
+
+
+def letter_json(row: sa.RowMapping) -> dict:
+    return {name: row[name].isoformat() if isinstance(row[name], datetime) else row[name] for name in LETTER_FIELDS}
+
+
+def _selection(*, ids=None, since=None, until=None) -> list:
+    where = []
+    if ids is not None:
+        where.append(dead_letters.c.id.in_(list(ids)))
+    if since is not None:
+        where.append(dead_letters.c.created_at >= since)
+    if until is not None:
+        where.append(dead_letters.c.created_at < until)
+    return where
+
+
+def list_dead_letters(conn: sa.Connection, *, state: str = "pending", since: datetime | None = None,
+                      until: datetime | None = None, after: int = 0, limit: int = 100) -> list[dict]:
+    """Dead letters in id order; `state` is pending (not replayed), replayed or all."""
+    where = [*_selection(since=since, until=until), dead_letters.c.id > after]
+    if state == "pending":
+        where.append(dead_letters.c.replayed_at.is_(None))
+    elif state == "replayed":
+        where.append(dead_letters.c.replayed_at.is_not(None))
+    rows = conn.execute(sa.select(dead_letters).where(*where).order_by(dead_letters.c.id).limit(limit)).mappings()
+    return [letter_json(row) for row in rows]
+
+
+def count_dead_letters(conn: sa.Connection) -> dict[str, int]:
+    pending = sa.func.count().filter(dead_letters.c.replayed_at.is_(None))
+    row = conn.execute(sa.select(pending, sa.func.count()).select_from(dead_letters)).one()
+    return {"pending": row[0], "replayed": row[1] - row[0]}
+
+
+@dataclass
+class ReplayReport:
+    """What a replay did: letters stored, letters refused again (with the reason), how many remain."""
+
+    replayed: list[int] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    remaining: int = 0
+
+    def as_json(self) -> dict:
+        return {"replayed": len(self.replayed), "replayed_ids": self.replayed, "failed": self.failed,
+                "remaining": self.remaining}
+
+
+def to_result(item: dict, received_at: datetime) -> Result:
+    """A dead letter's item (as `Result.as_json` wrote it) as a Result again."""
+    values = {k: v for k, v in item.items() if k in Result.__dataclass_fields__ and k != "received_at"}
+    if values.get("cost") is not None:
+        values["cost"] = Decimal(str(values["cost"]))
+    return Result(received_at=received_at, **values)
+
+
+def _replay_one(conn: sa.Connection, letter: sa.RowMapping) -> bool:
+    """Claim the letter (it may have been replayed meanwhile), then store its item. False if claimed already."""
+    claimed = conn.execute(
+        dead_letters.update()
+        .where(dead_letters.c.id == letter["id"], dead_letters.c.replayed_at.is_(None))
+        .values(replayed_at=utcnow())
+    ).rowcount
+    if claimed != 1:
+        return False
+    apply_results(conn, [to_result(letter["item"], letter["received_at"] or letter["created_at"])])
+    return True
+
+
+def replay_dead_letters(engine: sa.Engine, *, ids: list[int] | None = None, since: datetime | None = None,
+                        until: datetime | None = None, limit: int = REPLAY_LIMIT) -> ReplayReport:
+    """Store the items of pending dead letters chosen by id, by dead-lettering time, or all (no filter).
+
+    Each letter is stored in a transaction of its own, so one refused again does
+    not hold back the others; it stays pending, its attempts counted and its
+    reason updated. A database outage raises (nothing is marked replayed that
+    was not stored).
+    """
+    where = [*_selection(ids=ids, since=since, until=until), dead_letters.c.replayed_at.is_(None)]
+    query = (
+        sa.select(dead_letters, deliveries.c.received_at)
+        .select_from(dead_letters.outerjoin(deliveries, deliveries.c.id == dead_letters.c.delivery_id))
+        .where(*where).order_by(dead_letters.c.id)
+    )
+    report = ReplayReport()
+    with engine.connect() as conn:
+        letters = conn.execute(query.limit(limit)).mappings().all()
+    for letter in letters:
+        try:
+            with engine.begin() as conn:
+                if _replay_one(conn, letter):
+                    report.replayed.append(letter["id"])
+        except sa.exc.DBAPIError as exc:
+            if is_outage(exc):
+                raise
+            reason = str(exc.orig)
+            with engine.begin() as conn:
+                conn.execute(dead_letters.update().where(dead_letters.c.id == letter["id"])
+                             .values(attempts=dead_letters.c.attempts + 1, reason=reason))
+            report.failed.append({"id": letter["id"], "reason": reason})
+    with engine.connect() as conn:
+        report.remaining = conn.scalar(sa.select(sa.func.count()).select_from(dead_letters).where(*where))
+    log.info("dead letters replayed: %d, refused again: %d, still pending: %d",
+             len(report.replayed), len(report.failed), report.remaining)
+    return report
+
+
+def replay(*, ids: list[int] | None = None, since: datetime | None = None, until: datetime | None = None,
+           limit: int = REPLAY_LIMIT) -> dict:
+    """RQ job (and CLI helper): `replay_dead_letters` on the configured store."""
+    config = Config.from_env()
+    return replay_dead_letters(engine_for(config.database_url), ids=ids, since=since, until=until,
+                               limit=limit).as_json()
