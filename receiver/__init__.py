@@ -17,14 +17,23 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["redis"] = connect(config.redis_url)
     register_blueprints(app)
     register_error_handlers(app)
+    register_commands(app)
     return app
 
 
 def register_blueprints(app: Flask) -> None:
     """Mount each surface of the service."""
+    from receiver import admin
     from receiver import api
     from receiver import health
     from receiver import webhooks
 
-    for module in (webhooks, api, health):
+    for module in (webhooks, api, admin, health):
         app.register_blueprint(module.bp)
+
+
+def register_commands(app: Flask) -> None:
+    """Add the operators' command groups to `flask --app wsgi ...`."""
+    from receiver import admin
+
+    app.cli.add_command(admin.cli)
