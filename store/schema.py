@@ -78,6 +78,7 @@ tasks = sa.Table(
     sa.Index("ix_tasks_status_created", "status", "created_at"),
     sa.Index("ix_tasks_last_delivery", "last_delivery_at"),
     sa.Index("ix_tasks_next_poll", "next_poll_at"),
+    sa.Index("ix_tasks_updated", "updated_at", "task_uuid"),
 )
 
 deliveries = sa.Table(
