@@ -59,15 +59,21 @@ def want_drain(conn: redis.Redis) -> bool:
     return False
 
 
-def queue_delivery(conn: redis.Redis, body: bytes, remote_addr: str | None, received_at: datetime) -> str:
+def queue_delivery(conn: redis.Redis, body: bytes, remote_addr: str | None, received_at: datetime,
+                   webhook_id: str | None = None) -> str:
     """Add an accepted webhook body to the stream; returns its entry id once Redis has it.
 
+    `webhook_id` (the sender's Standard Webhooks message id, constant across its
+    retries) is kept in the entry as `wid` when given, for deduplication.
     Raises redis.RedisError when Redis cannot take it (the caller answers 503).
     """
     # No MULTI needed: a drain clears the flag and then reads once more, so an entry
     # added on either side of that clear is seen by it or by the drain this call enqueues.
     pipe = conn.pipeline(transaction=False)
-    pipe.xadd(DELIVERY_STREAM, {"body": body, "at": received_at.timestamp(), "ip": remote_addr or ""})
+    fields = {"body": body, "at": received_at.timestamp(), "ip": remote_addr or ""}
+    if webhook_id:
+        fields["wid"] = webhook_id
+    pipe.xadd(DELIVERY_STREAM, fields)
     pipe.set(DRAIN_FLAG, 1, nx=True, ex=DRAIN_FLAG_TTL)
     entry_id, flagged = pipe.execute()
     if flagged:
