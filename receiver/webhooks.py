@@ -4,17 +4,26 @@ Nothing slow happens here: the body is parsed once to validate it and added,
 as received, to a Redis stream; a drain job persists it later. 2xx means the
 delivery is in Redis. When Redis cannot take it the answer is 503 with
 Retry-After, so the sender retries.
+
+With WEBHOOK_SIGNING_SECRETS set, a delivery also needs a valid Standard Webhooks
+signature (receiver/signatures.py), checked after the URL token. Each request
+counts one outcome in `captions_webhook_requests_total` (receiver/metrics.py).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import orjson
 import redis
 from flask import Blueprint
 from flask import Response
 from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from receiver import metrics
+from receiver import signatures
 
 from receiver.auth import token_matches
 from receiver.errors import error_response
@@ -28,26 +37,46 @@ log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
 
 
+def reject(outcome: str, status: int, message: str, **extra):
+    """Count a rejected request by its outcome and answer with a JSON error."""
+    metrics.webhook_outcome(outcome)
+    return error_response(status, message, **extra)
+
+
 @bp.post("/webhooks/runware")
 def receive():
     config = settings()
     if not token_matches(request.args.get("token"), config.webhook_tokens):
-        return error_response(401, "missing or invalid token")
+        return reject("unauthorized", 401, "missing or invalid token")
     if request.mimetype != "application/json":
-        return error_response(415, "Content-Type must be application/json")
-    body = request.get_data(cache=False)
+        return reject("unsupported_media_type", 415, "Content-Type must be application/json")
+    try:
+        body = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        metrics.webhook_outcome("too_large")
+        raise
+    if config.webhook_signing_keys:
+        try:
+            signatures.verify(config.webhook_signing_keys, request.headers, body, config.webhook_signature_tolerance)
+        except signatures.SignatureError as exc:
+            return reject("bad_signature", 401, f"invalid signature: {exc}")
     received_at = utcnow()
     try:
         results, skipped = payloads.parse(body, received_at)
     except payloads.PayloadError as exc:
-        return error_response(exc.status, exc.message)
+        return reject("bad_json" if exc.status == 400 else "unprocessable", exc.status, exc.message)
     if not results:
-        return error_response(422, "no usable item: every item needs a taskUUID that is a UUID", items=skipped)
+        return reject("unprocessable", 422, "no usable item: every item needs a taskUUID that is a UUID",
+                      items=skipped)
+    started = time.perf_counter()
     try:
-        delivery = queue_delivery(redis_client(), body, request.remote_addr, received_at)
+        delivery = queue_delivery(redis_client(), body, request.remote_addr, received_at,
+                                  signatures.webhook_id(request.headers))
     except redis.RedisError as exc:
-        log.error("webhook not queued, Redis unavailable: %s", type(exc).__name__)
-        return error_response(503, "temporarily unable to queue the delivery; retry later",
-                              headers={"Retry-After": str(config.retry_after_seconds)})
+        log.error("webhook not queued, Redis unavailable: %s", type(exc).__name__,
+                  extra={"task_uuids": [r.task_uuid for r in results[:100]]})
+        return reject("redis_unavailable", 503, "temporarily unable to queue the delivery; retry later",
+                      headers={"Retry-After": str(config.retry_after_seconds)})
+    metrics.enqueued(time.perf_counter() - started)
     body = orjson.dumps({"status": "queued", "delivery": delivery, "items": len(results), "skipped": skipped})
     return Response(body, status=202, mimetype="application/json")
