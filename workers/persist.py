@@ -33,6 +33,7 @@ from store.results import known_deliveries
 from store.results import save_deliveries
 from store.schema import dead_letters
 from store.schema import utcnow
+from workers import metrics
 from workers import payloads
 from workers.queues import DELIVERY_GROUP
 from workers.queues import DELIVERY_STREAM
@@ -92,7 +93,9 @@ def write(engine: sa.Engine, batch: list[Delivery]) -> int:
     """Store a batch, isolating deliveries the database rejects. Returns how many were new."""
     try:
         with engine.begin() as conn:
-            return len(save_deliveries(conn, batch))
+            fresh = save_deliveries(conn, batch)
+        metrics.stored(fresh)
+        return len(fresh)
     except sa.exc.DBAPIError as exc:
         if _is_outage(exc):
             raise
@@ -114,7 +117,9 @@ def _retry_rejected(engine: sa.Engine, delivery: Delivery, exc: sa.exc.DBAPIErro
         time.sleep(delay)
         try:
             with engine.begin() as conn:
-                return len(save_deliveries(conn, [delivery]))
+                fresh = save_deliveries(conn, [delivery])
+            metrics.stored(fresh)
+            return len(fresh)
         except sa.exc.DBAPIError as again:
             if _is_outage(again):
                 raise
@@ -131,12 +136,17 @@ def _dead_letter(engine: sa.Engine, delivery: Delivery, reason: str, attempts: i
                     [*delivery.skipped, f"dead-lettered: {reason}"])
     with engine.begin() as conn:
         # Logged once: a delivery seen again (a drain that died before acknowledging it) adds no letters.
-        if save_deliveries(conn, [kept]) and delivery.results:
+        saved = save_deliveries(conn, [kept])
+        if saved and delivery.results:
             conn.execute(dead_letters.insert(), [
                 {"delivery_id": delivery.id, "task_uuid": r.task_uuid, "item": r.as_json(),
                  "reason": reason, "attempts": attempts, "created_at": now}
                 for r in delivery.results
             ])
+    if saved:
+        metrics.dead_lettered(delivery)
+        for r in delivery.results:
+            log.error("item dead-lettered", extra={"delivery_id": delivery.id, "task_uuid": r.task_uuid})
     return 1
 
 
@@ -233,5 +243,5 @@ def drain(hand_over_after: float = HAND_OVER_AFTER_S) -> int:
     drainer = Drainer(connect(config.redis_url), engine_for(config.database_url), config.persist_batch_size,
                       config.persist_stale_after_ms)
     stored = drainer.run(hand_over_after)
-    log.info("drain stored %d deliveries", stored)
+    log.info("drain stored %d deliveries", stored, extra={"stored": stored})
     return stored
