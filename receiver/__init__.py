@@ -26,9 +26,10 @@ def register_blueprints(app: Flask) -> None:
     from receiver import admin
     from receiver import api
     from receiver import health
+    from receiver import metrics
     from receiver import webhooks
 
-    for module in (webhooks, api, admin, health):
+    for module in (webhooks, api, admin, health, metrics):
         app.register_blueprint(module.bp)
 
 
