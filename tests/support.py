@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -126,3 +128,195 @@ class Gunicorn:
             self.process.terminate()
             self.process.wait(timeout=30)
         self.log.close()
+
+
+# -- crash and outage helpers (killing and restarting real processes) ----------------------------
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (e.g. an RQ worker's work horse, gunicorn's workers)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as dead)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+class ProjectRedisServer(RedisServer):
+    """A private redis-server with the project's deploy/redis.conf (append-only file, fsync always).
+
+    redis-server takes a config file only as its first argument, so the project's
+    file comes first and only the port, address and data directory are overridden.
+    `stop(kill=True)` then `start()` is a crash and a restart on the same data.
+    """
+
+    def __init__(self, config_file: Path = ROOT / "deploy" / "redis.conf"):
+        super().__init__()
+        self.config_file = config_file
+        self.log_path = Path(self.dir) / "redis.log"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", str(self.config_file), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", self.dir, "--logfile", str(self.log_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        try:
+            wait_for(lambda: self._loaded(client), timeout=30, what="redis-server to start and load its data")
+        finally:
+            client.close()
+
+    def _loaded(self, client: redis.Redis) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"redis-server exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+        try:
+            return client.ping()
+        except (redis.ConnectionError, redis.BusyLoadingError):
+            return False
+
+
+class Service:
+    """A long-running project process (`python -m workers persist`, `rq cron ...`) in a session of its own.
+
+    Its output goes to a file; `kill()` is kill -9 of the process and everything
+    it forked (a lost container), `kill(group=False)` of the process alone.
+    """
+
+    def __init__(self, argv: list[str], env: dict[str, str], name: str = "service"):
+        self.argv = argv
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.log_path = Path(tempfile.mkdtemp(prefix=f"{name}-")) / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    @classmethod
+    def worker(cls, queue: str, env: dict[str, str]) -> Service:
+        return cls([sys.executable, "-m", "workers", queue], env, name=f"worker-{queue}")
+
+    @classmethod
+    def cron(cls, config_file: Path, env: dict[str, str]) -> Service:
+        return cls([sys.executable, "-m", "rq.cli", "cron", str(config_file), "--url", env["REDIS_URL"]], env,
+                   name="cron")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def start(self) -> Service:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        return self
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self, group: bool = True) -> None:
+        if self.running():
+            if group:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            else:
+                self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.running():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.process is not None:
+            try:  # whatever it forked and left behind
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class TcpProxy:
+    """A TCP relay to a server (here PostgreSQL), which a test can cut as a network outage would.
+
+    `cut()` closes every relayed connection and refuses new ones until `restore()`.
+    """
+
+    def __init__(self, target_host: str, target_port: int):
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+
+    def start(self) -> TcpProxy:
+        self.restore()
+        return self
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        with self._lock:
+            doomed, self._sockets = self._sockets, set()
+        for sock in doomed:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
