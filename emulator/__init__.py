@@ -1,0 +1,13 @@
+"""A Runware-compatible REST emulator for image captions, for local runs and tests.
+
+It speaks Runware's task-array contract (imageCaption, caption, imageUpload,
+getResponse), delivers webhooks with retries, and can inject faults. Captions
+are measured from the image's pixels: a deterministic stand-in, not a model.
+See emulator/README.md.
+"""
+
+from .app import create_app
+from .server import serve_in_thread
+from .settings import Faults, Settings
+
+__all__ = ["Faults", "Settings", "create_app", "serve_in_thread"]

@@ -1,0 +1,42 @@
+"""`python -m emulator`: serve the emulator until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from .server import close_server, make_emulator_server, server_url
+from .settings import build_parser, parse_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = parse_args(argv)
+    except ValueError as exc:
+        build_parser().error(str(exc))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s emulator %(levelname)s %(message)s")
+    server = make_emulator_server(settings)
+    stopping = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              name="emulator-http", daemon=True)
+    thread.start()
+    seed = server.app.extensions["emulator"].dice.seed
+    print(f"emulator listening on {server_url(server)} (POST /v1; seed {seed})", flush=True)
+    stopping.wait()
+    print("emulator stopping", flush=True)
+    server.shutdown()
+    thread.join(5)
+    close_server(server)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

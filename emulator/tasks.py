@@ -1,0 +1,213 @@
+"""The task types: validate each task of a request, run it, and say what to answer.
+
+- `imageCaption` (`inputImage`) and `caption` (`model` + `inputs.image`): a caption
+  from the image's pixels. Without `webhookURL`, `deliveryMethod` "sync" (the
+  default) answers with the result; "async" answers with an acknowledgement and
+  the result is fetched with getResponse. With `webhookURL` the answer is always
+  an acknowledgement and the result is POSTed to the URL (and getResponse has it).
+- `imageUpload` (`image`): keeps the image and answers its `imageUUID` and `imageURL`.
+- `getResponse` (`taskUUID`): the state of any task accepted before.
+
+Each task stands alone: one task's error never stops the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+import threading
+import time
+import uuid as uuidlib
+from urllib.parse import urlsplit
+
+from . import captioner, images
+from .delivery import WebhookSender
+from .dice import Dice
+from .errors import ApiError, invalid
+from .images import DecodedImage
+from .records import Records, TaskRecord
+from .scheduler import Scheduler
+from .settings import Settings
+
+CAPTION_TYPES = ("imageCaption", "caption")
+TASK_TYPES = CAPTION_TYPES + ("imageUpload", "getResponse")
+AIR_RE = re.compile(r"^[A-Za-z0-9_.-]+:[0-9]+@[A-Za-z0-9_.-]+$")
+UPLOAD_MAX_SIDE = 2048  # Runware stores uploads at most this long on the longer side
+CAPTION_CACHE_SIZE = 4096
+
+
+class TaskRunner:
+    def __init__(self, settings: Settings, dice: Dice, records: Records, sender: WebhookSender) -> None:
+        self.settings, self.dice, self.records, self.sender = settings, dice, records, sender
+        self.processor = Scheduler(2, "tasks")
+        self._captions: dict[str, str] = {}
+        self._captions_lock = threading.Lock()
+
+    def run(self, tasks: list[dict], base_url: str) -> tuple[list[dict], list[ApiError]]:
+        """Handle the tasks of one request (authentication removed): the `data` items and the errors."""
+        results: list[dict | ApiError | None] = [None] * len(tasks)
+        waiting: list[tuple[int, TaskRecord, DecodedImage]] = []
+        for i, task in enumerate(tasks):
+            task_type = task.get("taskType") if isinstance(task.get("taskType"), str) else None
+            task_uuid = task.get("taskUUID") if isinstance(task.get("taskUUID"), str) else None
+            try:
+                outcome = self._start(task, base_url)
+            except ApiError as exc:
+                outcome = exc.for_task(task_type, task_uuid)
+            if isinstance(outcome, tuple):
+                waiting.append((i, *outcome))
+            else:
+                results[i] = outcome
+        if waiting:
+            time.sleep(self.settings.processing_ms / 1000)
+            for i, record, image in waiting:
+                results[i] = self._finish(record, image)
+        data = [r for r in results if isinstance(r, dict)]
+        errors = [r for r in results if isinstance(r, ApiError)]
+        return data, errors
+
+    def _start(self, task: dict, base_url: str):
+        """A data item, an ApiError, or (record, image) for a sync caption still to be made."""
+        task_type = task.get("taskType")
+        if task_type is None:
+            raise invalid("missingTaskType", "The parameter taskType is required.", "taskType")
+        if task_type == "authentication":
+            raise invalid("invalidTaskType", "The authentication task must be the first element.", "taskType")
+        if task_type not in TASK_TYPES:
+            raise invalid("invalidTaskType", f"Unknown taskType {task_type!r}; this emulator knows "
+                          f"{', '.join(TASK_TYPES)}.", "taskType")
+        task_uuid = task.get("taskUUID")
+        if task_uuid is None:
+            raise invalid("missingTaskUUID", "The parameter taskUUID is required.", "taskUUID")
+        if not images.is_uuid(task_uuid):
+            raise invalid("invalidTaskUUID", "The parameter taskUUID must be a UUID v4 string.", "taskUUID")
+        if task_type == "getResponse":
+            return self._get_response(task_uuid)
+        if task_type == "imageUpload":
+            return self._upload(task, task_uuid, base_url)
+        return self._caption(task, task_type, task_uuid)
+
+    def _claim(self, record: TaskRecord) -> None:
+        if not self.records.claim(record):
+            raise invalid("conflictTaskUUID", f"A task with taskUUID {record.task_uuid} exists already; "
+                          "use a new UUID for each task.", "taskUUID")
+
+    def _caption(self, task: dict, task_type: str, task_uuid: str):
+        include_cost = task.get("includeCost", False)
+        if not isinstance(include_cost, bool):
+            raise invalid("invalidIncludeCost", "The parameter includeCost must be a boolean.", "includeCost")
+        method = task.get("deliveryMethod", "sync")
+        if method not in ("sync", "async"):
+            raise invalid("invalidDeliveryMethod", 'The parameter deliveryMethod must be "sync" or "async".',
+                          "deliveryMethod")
+        webhook_url = task.get("webhookURL")
+        if webhook_url is not None and not _is_http_url(webhook_url):
+            raise invalid("invalidWebhookURL", "The parameter webhookURL must be an http(s) URL.", "webhookURL")
+        model = task.get("model")
+        if model is None and task_type == "caption":
+            raise invalid("missingModel", "The parameter model is required (an AIR ID such as runware:150@2).",
+                          "model")
+        if model is not None and not (isinstance(model, str) and AIR_RE.match(model)):
+            raise invalid("invalidModel", "The parameter model must be an AIR ID such as runware:150@2.", "model")
+        if task.get("prompt") is not None and not isinstance(task.get("prompt"), str):
+            raise invalid("invalidPrompt", "The parameter prompt must be a string.", "prompt")
+        if task_type == "caption":
+            inputs = task.get("inputs")
+            if inputs is not None and not isinstance(inputs, dict):
+                raise invalid("invalidInputs", "The parameter inputs must be an object.", "inputs")
+            value, parameter = (inputs or {}).get("image"), "inputs.image"
+        else:
+            value, parameter = task.get("inputImage"), "inputImage"
+        image = images.load(value, parameter, self.settings, self.records.image)
+        delivery = "webhook" if webhook_url else method
+        record = TaskRecord(task_uuid, task_type, delivery, include_cost, model, webhook_url, image.summary())
+        self._claim(record)
+        if delivery == "sync":
+            return record, image
+        self.processor.call_later(self.settings.processing_ms / 1000, self._finish, record, image)
+        return {"taskType": task_type, "taskUUID": task_uuid}
+
+    def _finish(self, record: TaskRecord, image: DecodedImage) -> dict | ApiError:
+        """Make the caption (or the injected error), record it, and send the webhook if one is wanted."""
+        item, error = None, None
+        if self.dice.chance(self.settings.faults.task_error_rate, "task-error", record.task_uuid):
+            error = ApiError("timeoutProvider", "The provider did not answer in time (injected task error).",
+                             status=500, task_type=record.task_type, task_uuid=record.task_uuid, outcome=True)
+        else:
+            item = {"taskType": record.task_type, "taskUUID": record.task_uuid, "text": self._describe(image)}
+            if record.include_cost:
+                item["cost"] = captioner.cost(image.width, image.height)
+        self.records.finish(record, item, error)
+        if record.webhook_url:
+            self.sender.send(record, item, error)
+        return item if error is None else error
+
+    def _describe(self, image: DecodedImage) -> str:
+        key = image.sha256
+        with self._captions_lock:
+            text = self._captions.get(key)
+        if text is None:
+            text = captioner.describe(image.pixels.copy())
+            with self._captions_lock:
+                if len(self._captions) >= CAPTION_CACHE_SIZE:
+                    self._captions.clear()
+                self._captions[key] = text
+        return text
+
+    def _upload(self, task: dict, task_uuid: str, base_url: str) -> dict:
+        image = images.load(task.get("image"), "image", self.settings, self.records.image,
+                            formats=images.UPLOAD_FORMATS, missing_code="missingImage")
+        image = _fit(image, self.settings)
+        image_uuid = str(uuidlib.uuid4())
+        item = {"taskType": "imageUpload", "taskUUID": task_uuid, "imageUUID": image_uuid,
+                "imageURL": f"{base_url.rstrip('/')}/_emulator/images/{image_uuid}"}
+        record = TaskRecord(task_uuid, "imageUpload", "sync", image=image.summary())
+        self._claim(record)
+        self.records.add_image(image_uuid, image)
+        self.records.finish(record, item, None)
+        return item
+
+    def _get_response(self, task_uuid: str) -> dict:
+        record = self.records.task(task_uuid)
+        if record is None:
+            raise ApiError("taskNotFound", f"No task with taskUUID {task_uuid} is known.", status=404,
+                           parameter="taskUUID", task_type="getResponse", task_uuid=task_uuid)
+        if record.status == "processing":
+            return {"taskType": record.task_type, "taskUUID": task_uuid, "status": "processing"}
+        if record.error is not None:
+            e = record.error
+            raise ApiError(e.code, e.message, status=200, parameter=e.parameter, task_type=e.task_type,
+                           task_uuid=e.task_uuid, outcome=True)
+        return {**record.result, "status": "success"}
+
+    def pending(self) -> int:
+        return self.processor.pending()
+
+    def close(self) -> int:
+        return self.processor.stop()
+
+
+def _is_http_url(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _fit(image: DecodedImage, settings: Settings) -> DecodedImage:
+    """The image as kept by an upload: at most UPLOAD_MAX_SIDE pixels on its longer side."""
+    image = dataclasses.replace(image, source="upload")
+    if max(image.width, image.height) <= UPLOAD_MAX_SIDE:
+        return image
+    pixels = image.pixels.copy()
+    pixels.thumbnail((UPLOAD_MAX_SIDE, UPLOAD_MAX_SIDE))
+    fmt = "JPEG" if image.format == "JPEG" else "PNG"
+    if fmt == "JPEG" and pixels.mode not in ("RGB", "L"):
+        pixels = pixels.convert("RGB")
+    buffer = io.BytesIO()
+    pixels.save(buffer, fmt)
+    return images.decode(buffer.getvalue(), "upload", "image", settings, images.UPLOAD_FORMATS)
