@@ -1,17 +1,65 @@
-"""The query API for dashboards and callers: `GET /api/tasks/<taskUUID>`, read token required."""
+"""The query API for dashboards and callers, read token required, JSON, never cached.
+
+- `GET /api/tasks/<taskUUID>`: one task.
+- `GET /api/tasks?status=&source=&since=&until=&q=&limit=&cursor=`: tasks, newest first, in pages.
+- `GET /api/stats?since=&until=`: counts, spend, deliveries and backlog for a time window.
+
+Every bad query parameter is a 400 whose JSON body names it (see `receiver.params`).
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
+from decimal import Decimal
+
 from flask import Blueprint
 from flask import jsonify
+from flask import request
 
 from receiver.auth import require_bearer
 from receiver.errors import error_response
+from receiver.params import ParamError
+from receiver.params import Params
+from receiver.params import encode_cursor
 from receiver.state import engine
 from store import queries
+from store.schema import SOURCES
+from store.schema import STATUSES
+from store.schema import utcnow
 from workers.payloads import UUID_RE
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+
+DEFAULT_LIMIT = 50
+"""Tasks per page when `limit` is not given."""
+
+MAX_LIMIT = 500
+"""Most tasks one page may hold."""
+
+MONEY_PLACES = Decimal("0.000001")
+"""Spend is also given as a JSON number rounded to 6 places (the string is exact)."""
+
+
+@bp.after_request
+def never_cache(response):
+    """Answers carry live data (and need a token): no cache may keep them."""
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@bp.errorhandler(ParamError)
+def bad_parameter(exc: ParamError):
+    return error_response(400, exc.message, parameter=exc.parameter)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _money(amount: Decimal) -> dict:
+    """Spend as a number rounded to 6 places (`usd`) and as the exact decimal string (`exact`)."""
+    return {"usd": float(amount.quantize(MONEY_PLACES)), "exact": format(amount, "f")}
 
 
 @bp.get("/tasks/<task_uuid>")
@@ -24,3 +72,68 @@ def get_task(task_uuid: str):
     if task is None:
         return error_response(404, f"no task {task_uuid.lower()}")
     return jsonify(task)
+
+
+@bp.get("/tasks")
+@require_bearer("read_tokens")
+def list_tasks():
+    """Tasks, most recently updated first; follow `nextCursor` for the next page."""
+    params = Params(request.args, ("status", "source", "since", "until", "q", "limit", "cursor"))
+    statuses = params.choices("status", STATUSES)
+    sources = params.choices("source", SOURCES)
+    since, until = params.time_range()
+    search = params.search("q")
+    limit = params.integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    after = params.cursor("cursor")
+    with engine().connect() as conn:
+        page, last = queries.list_tasks(
+            conn, statuses=statuses, sources=sources, window=queries.Window(since, until),
+            search=search, after=after, limit=limit,
+        )
+    return jsonify(tasks=page, limit=limit, nextCursor=encode_cursor(*last) if last else None)
+
+
+@bp.get("/stats")
+@require_bearer("read_tokens")
+def stats():
+    """Counts, spend and backlog; `since` (inclusive) and `until` (exclusive) bound the window."""
+    params = Params(request.args, ("since", "until"))
+    window = queries.Window(*params.time_range())
+    now = utcnow()
+    with engine().connect() as conn, queries.read_snapshot(conn).begin():
+        by_status, by_source = queries.task_counts(conn, window)
+        conflicts = queries.conflict_count(conn, window)
+        average = queries.average_deliveries(conn, window)
+        spend, successes = queries.total_spend(conn, window)
+        days = queries.spend_by_day(conn, window)
+        outcomes = queries.deliveries_by_outcome(conn, window)
+        dead, dead_pending = queries.dead_letter_counts(conn, window)
+        waiting = queries.waiting_tasks(conn)
+    oldest = None
+    if waiting.oldest_uuid is not None:
+        age = (now - waiting.oldest_submitted_at).total_seconds() if waiting.oldest_submitted_at else None
+        oldest = {"taskUUID": waiting.oldest_uuid, "submittedAt": _iso(waiting.oldest_submitted_at),
+                  "ageSeconds": round(age, 3) if age is not None else None}
+    return jsonify(
+        window={"since": _iso(window.since), "until": _iso(window.until)},
+        generatedAt=now.isoformat(),
+        tasks={
+            "total": sum(by_status.values()),
+            "byStatus": by_status,
+            "bySource": by_source,
+            "conflicts": conflicts,
+            "averageDeliveries": float(round(average, 6)) if average is not None else None,
+        },
+        spend={
+            **_money(spend),
+            "successes": successes,
+            "byDay": [
+                {"day": d.day.isoformat(), "tasks": d.tasks, "successes": d.successes, "errors": d.errors,
+                 **_money(d.spend)}
+                for d in days
+            ],
+        },
+        deliveries={"received": sum(outcomes.values()), "byOutcome": outcomes},
+        deadLetters={"total": dead, "pending": dead_pending},
+        waiting={"count": waiting.count, "oldest": oldest},
+    )
