@@ -24,7 +24,6 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from receiver import metrics
 from receiver import signatures
-
 from receiver.auth import token_matches
 from receiver.errors import error_response
 from receiver.state import redis_client
