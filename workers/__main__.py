@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from rq import Queue
 from rq import Worker
 
+import logs
 import workers.persist  # noqa: F401  (preloaded before the fork)
+import workers.reconcile  # noqa: F401
+import workers.submit  # noqa: F401
 from config import Config
 from config import ConfigError
 from workers.queues import PERSIST_QUEUE
@@ -36,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure()
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        logging.getLogger(__name__).warning("PROMETHEUS_MULTIPROC_DIR is not set: worker metrics are not exported")
     conn = connect(config.redis_url, timeout=None)
     worker = Worker([Queue(args.queue, connection=conn)], connection=conn, name=args.name)
     worker.work(burst=args.burst, with_scheduler=args.queue == SUBMIT_QUEUE)
