@@ -13,14 +13,30 @@ so no log line written by gunicorn may contain a query string:
   "Error handling request POST /x?token=..."), so `RedactingLogger` strips query
   strings and `token=` values from every error and access log record, tracebacks
   included.
+
+Every line is one JSON object (logs.py): gunicorn's error and access logs, and
+the app's own loggers, which propagate to the root logger configured here.
+
+Metrics: PROMETHEUS_MULTIPROC_DIR is where every process keeps its Prometheus
+counters for `/metrics` to add up (receiver/metrics.py). Give the web and worker
+processes of a host the same directory, emptied before they start; when it is
+not set, gunicorn uses a private temporary one (removed at exit), and `/metrics`
+then shows the web workers' counters only.
 """
 
 import logging
 import multiprocessing
 import os
 import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
 
 from gunicorn.glogging import Logger
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import logs  # noqa: E402  (the project's JSON log format)
 
 # Where and how many. `sync` workers serve one request at a time and rely on the
 # buffering proxy in front (deploy/nginx.conf) to absorb slow clients.
@@ -93,6 +109,33 @@ class RedactingLogger(Logger):
         for log in (self.error_log, self.access_log):
             if not any(isinstance(f, RedactQueryStrings) for f in log.filters):
                 log.addFilter(RedactQueryStrings())
+            for handler in log.handlers:
+                handler.setFormatter(logs.JsonFormatter())
 
 
 logger_class = RedactingLogger
+logs.configure(loglevel)
+
+# Prometheus multiprocess mode (see the module docstring). Set before the app is
+# imported, which happens in the workers, after this file has run in the master.
+_private_metrics_dir = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _private_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="captions-metrics-")
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+
+def on_starting(server):
+    if _private_metrics_dir:
+        server.log.warning("PROMETHEUS_MULTIPROC_DIR is not set: /metrics shows the web workers' counters only")
+
+
+def child_exit(server, worker):
+    """A worker is gone: drop its live gauges from the aggregate (its counters stay counted)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _private_metrics_dir:
+        shutil.rmtree(_private_metrics_dir, ignore_errors=True)
