@@ -85,6 +85,14 @@ def base_env() -> dict[str, str]:
     return env
 
 
+def reset_metrics_dir(env: dict[str, str]) -> None:
+    """One Prometheus multiprocess directory for every process (var/metrics unless set), emptied at start."""
+    path = Path(env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR / "metrics")))
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+
+
 def free_port(preferred: int = 0) -> int:
     """`preferred` if it is free on 127.0.0.1, else any free port."""
     for port in (preferred, 0) if preferred else (0,):
@@ -276,6 +284,7 @@ def main(argv: list[str]) -> int:
         if not env.get("REDIS_URL"):
             redis = start_redis(env)
         migrate(env)
+        reset_metrics_dir(env)
         supervisor = Supervisor(env)
         for name, cmd in processes(env).items():
             supervisor.add_process(name, cmd, env=env, cwd=str(ROOT))
