@@ -146,6 +146,23 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren, ... of `pid` (RQ's work horse leaves its parent's process group)."""
+    found = children(pid)
+    for child in list(found):
+        found.extend(descendants(child))
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """kill -9 of `pid` and of everything it forked, all at once."""
+    for victim in [pid, *descendants(pid)]:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def alive(pid: int) -> bool:
     """True while `pid` runs (a zombie counts as dead)."""
     try:
@@ -193,7 +210,7 @@ class Service:
     """A long-running project process (`python -m workers persist`, `rq cron ...`) in a session of its own.
 
     Its output goes to a file; `kill()` is kill -9 of the process and everything
-    it forked (a lost container), `kill(group=False)` of the process alone.
+    it forked (a lost container), `kill(tree=False)` of the process alone.
     """
 
     def __init__(self, argv: list[str], env: dict[str, str], name: str = "service"):
@@ -224,26 +241,25 @@ class Service:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def kill(self, group: bool = True) -> None:
+    def kill(self, tree: bool = True) -> None:
         if self.running():
-            if group:
-                os.killpg(self.process.pid, signal.SIGKILL)
+            if tree:
+                kill_tree(self.process.pid)
             else:
                 self.process.kill()
             self.process.wait(timeout=10)
 
     def stop(self, timeout: float = 20) -> None:
         if self.running():
+            leftovers = descendants(self.process.pid)
             self.process.terminate()
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
-        if self.process is not None:
-            try:  # whatever it forked and left behind
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            for pid in leftovers:  # whatever it forked and left behind
+                if alive(pid):
+                    kill_tree(pid)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
