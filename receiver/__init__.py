@@ -27,14 +27,17 @@ def register_blueprints(app: Flask) -> None:
     from receiver import api
     from receiver import health
     from receiver import metrics
+    from receiver import submit
     from receiver import webhooks
 
-    for module in (webhooks, api, admin, health, metrics):
+    for module in (webhooks, api, submit, admin, health, metrics):
         app.register_blueprint(module.bp)
 
 
 def register_commands(app: Flask) -> None:
     """Add the operators' command groups to `flask --app wsgi ...`."""
     from receiver import admin
+    from receiver import cli
 
     app.cli.add_command(admin.cli)
+    app.cli.add_command(cli.cli)
