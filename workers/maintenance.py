@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
@@ -86,6 +87,36 @@ def sweep() -> str:
     if outcome == "rescued":
         log.warning("sweep: deliveries abandoned by a dead drain; enqueued a new drain")
     return outcome
+
+
+def run_cron(conn: redis.Redis, schedule: str = "workers.schedule") -> int:
+    """Run RQ's cron scheduler for `schedule`, and keep running it across Redis outages.
+
+    `rq cron` exits on the first Redis connection error; under honcho that stops
+    the whole stack, under systemd it is restarted until its start limit gives up.
+    The sweep is what guarantees the drain's progress, so its scheduler waits
+    Redis out instead, and returns only when asked to stop (SIGTERM, Ctrl-C).
+    """
+    from rq.cron import CronScheduler
+    from rq.exceptions import StopRequested
+
+    scheduler = CronScheduler(connection=conn)
+    scheduler.load_config_from_file(schedule)
+    delay = 1.0
+    while True:
+        started = time.monotonic()
+        try:
+            scheduler.start()  # returns when stopped; raises when Redis fails
+            return 0
+        except redis.RedisError as exc:
+            if time.monotonic() - started > 60:
+                delay = 1.0
+            log.warning("cron: Redis unavailable (%s); starting again in %.0fs", type(exc).__name__, delay)
+        try:
+            time.sleep(delay)
+        except (StopRequested, KeyboardInterrupt):
+            return 0
+        delay = min(delay * 2, 30.0)
 
 
 # -- retention -----------------------------------------------------------------------------------
