@@ -1,4 +1,4 @@
-"""Worker processes: `python -m workers persist` or `python -m workers submit [--burst]`.
+"""Worker processes: `python -m workers persist`, `python -m workers submit [--burst]`, `python -m workers cron`.
 
 Each process serves exactly one RQ queue, so RQ dequeues with BLMOVE (a job id
 is never lost between the pop and the started-job registry). The job modules
@@ -31,7 +31,9 @@ QUEUES = (PERSIST_QUEUE, SUBMIT_QUEUE)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__.splitlines()[0])
-    parser.add_argument("queue", choices=QUEUES)
+    parser.add_argument("queue", choices=(*QUEUES, "cron"),
+                        help="the queue to serve, or `cron`: RQ's cron scheduler, which outlives Redis outages")
+    parser.add_argument("--schedule", default="workers.schedule", help="cron only: the module of periodic jobs")
     parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     parser.add_argument("--name", help="worker name (default: RQ's)")
     args = parser.parse_args(argv)
@@ -44,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         logging.getLogger(__name__).warning("PROMETHEUS_MULTIPROC_DIR is not set: worker metrics are not exported")
     conn = connect(config.redis_url, timeout=None)
+    if args.queue == "cron":
+        from workers.maintenance import run_cron
+
+        return run_cron(conn, args.schedule)
     worker = Worker([Queue(args.queue, connection=conn)], connection=conn, name=args.name)
     worker.work(burst=args.burst, with_scheduler=args.queue == SUBMIT_QUEUE)
     return 0
