@@ -8,14 +8,15 @@ import sys
 import threading
 
 from .server import close_server, make_emulator_server, server_url
-from .settings import build_parser, parse_args
+from .settings import parse_args
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = parse_args(argv)
     except ValueError as exc:
-        build_parser().error(str(exc))
+        print(f"python -m emulator: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s emulator %(levelname)s %(message)s")
     server = make_emulator_server(settings)
     stopping = threading.Event()

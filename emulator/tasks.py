@@ -34,13 +34,14 @@ CAPTION_TYPES = ("imageCaption", "caption")
 TASK_TYPES = CAPTION_TYPES + ("imageUpload", "getResponse")
 AIR_RE = re.compile(r"^[A-Za-z0-9_.-]+:[0-9]+@[A-Za-z0-9_.-]+$")
 UPLOAD_MAX_SIDE = 2048  # Runware stores uploads at most this long on the longer side
-CAPTION_CACHE_SIZE = 4096
+CAPTION_CACHE_SIZE = 4096  # captions remembered by image sha256
+PROCESSING_WORKERS = 4  # threads finishing async and webhook tasks
 
 
 class TaskRunner:
     def __init__(self, settings: Settings, dice: Dice, records: Records, sender: WebhookSender) -> None:
         self.settings, self.dice, self.records, self.sender = settings, dice, records, sender
-        self.processor = Scheduler(2, "tasks")
+        self.processor = Scheduler(PROCESSING_WORKERS, "tasks")
         self._captions: dict[str, str] = {}
         self._captions_lock = threading.Lock()
 
