@@ -146,6 +146,7 @@ class WebhookSender:
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
+            session.trust_env = False  # deliver straight to the receiver, never through a proxy from the environment
             with self._sessions_lock:
                 self._sessions.append(session)
         return session

@@ -40,7 +40,7 @@ def serve_in_thread(settings: Settings | None = None) -> tuple[str, Callable[[],
     """
     settings = settings or Settings(port=0)
     server = make_emulator_server(settings)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               name="emulator-http", daemon=True)
     thread.start()
     lock = threading.Lock()

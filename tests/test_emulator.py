@@ -141,7 +141,7 @@ class Receiver:
         self.slow_first, self.slow_s = slow_first, slow_s
         self._cond = threading.Condition()
         self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
         self._thread.start()
 
@@ -462,7 +462,7 @@ def test_upload_accepts_gif_but_not_garbage(emu):
 
 
 def test_get_response_lifecycle(start_emulator):
-    emu = start_emulator(processing_ms=400)
+    emu = start_emulator(processing_ms=800)
     task = caption_task(b64(sample_bytes()), deliveryMethod="async", includeCost=True)
     ack = emu.post([task])
     assert ack.status_code == 200
@@ -563,8 +563,8 @@ def test_gives_up_after_max_attempts(emu, receiver_factory):
 
 
 def test_timeout_counts_as_a_failed_attempt(start_emulator, receiver_factory):
-    emu = start_emulator(webhook_timeout_s=0.2)
-    receiver = receiver_factory(slow_first=1, slow_s=0.6)
+    emu = start_emulator(webhook_timeout_s=0.4)
+    receiver = receiver_factory(slow_first=1, slow_s=1.2)
     task = caption_task(b64(sample_bytes()), webhookURL=receiver.url())
     emu.post([task])
     (record,) = emu.wait_webhooks([task["taskUUID"]])
