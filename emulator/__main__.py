@@ -18,7 +18,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m emulator: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s emulator %(levelname)s %(message)s")
-    server = make_emulator_server(settings)
+    try:
+        server = make_emulator_server(settings)
+    except OSError as exc:
+        print(f"python -m emulator: error: {exc}", file=sys.stderr)
+        return 1
     stopping = threading.Event()
 
     def on_signal(signum, frame) -> None:

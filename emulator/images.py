@@ -134,6 +134,8 @@ def decode(data: bytes, source: str, parameter: str, settings: Settings,
         img.load()
     except ApiError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ApiError("imageTooLarge", "The image has too many pixels.", parameter=parameter) from None
     except Exception as exc:  # Pillow raises several types for corrupt data
         raise invalid("invalidInputImage", f"The {kind} data is corrupt or truncated ({type(exc).__name__}).",
                       parameter) from None

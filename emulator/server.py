@@ -14,7 +14,14 @@ from .settings import Settings
 def make_emulator_server(settings: Settings) -> BaseWSGIServer:
     """A threaded werkzeug server for the emulator, bound (port 0: any free port) but not yet serving."""
     app = create_app(settings)
-    server = make_server(settings.host, settings.port, app, threaded=True)
+    try:
+        server = make_server(settings.host, settings.port, app, threaded=True)
+    except SystemExit:  # werkzeug exits when the port is taken; callers get an OSError instead
+        app.extensions["emulator"].close()
+        raise OSError(f"cannot listen on {settings.host}:{settings.port}: the address is in use") from None
+    except BaseException:
+        app.extensions["emulator"].close()
+        raise
     server.daemon_threads = True
     return server
 

@@ -764,3 +764,9 @@ def test_command_line_server_stops_cleanly_on_signals(signum):
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_a_taken_port_is_an_os_error(emu):
+    port = int(emu.url.rsplit(":", 1)[1])
+    with pytest.raises(OSError, match="in use"):
+        serve_in_thread(BASE.replace(port=port))
