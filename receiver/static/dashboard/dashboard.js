@@ -1,0 +1,373 @@
+// The dashboard's script: signs in with a read token, then polls /api/stats and
+// /api/tasks and draws them.
+//
+// Rules this file keeps:
+// - the token lives in sessionStorage (this tab only) and travels only in the
+//   Authorization header: never in a URL, a cookie or the console;
+// - every string from the server (captions above all) is untrusted and reaches
+//   the page through textContent, never as HTML (the page's CSP enforces
+//   Trusted Types, so an HTML sink would throw).
+"use strict";
+
+(function () {
+  const TOKEN_KEY = "captions.readToken";
+  const body = document.body;
+  const POLL_MS = Math.max(1000, Number(body.dataset.pollMs) || 3000);
+  const STATS_URL = body.dataset.statsUrl;
+  const TASKS_URL = body.dataset.tasksUrl;
+  const DAY_MS = 86400000;
+
+  const state = {
+    range: "7d",
+    status: "",
+    search: "",
+    pageSize: 20,
+    cursors: [null], // cursors[n] opens page n; page 0 needs none
+    page: 0,
+    nextCursor: null,
+    timer: null,
+    generation: 0, // bumped on sign-out and on every filter change, to drop stale answers
+  };
+
+  class AuthError extends Error {}
+
+  const $ = (id) => document.getElementById(id);
+
+  function el(tag, text, className) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (className) node.className = className;
+    return node;
+  }
+
+  function setText(id, text) {
+    $(id).textContent = text;
+  }
+
+  // --- formatting -------------------------------------------------------------------------
+
+  const countFormat = new Intl.NumberFormat("en-US");
+  const moneyFormat = new Intl.NumberFormat("en-US", {
+    style: "currency", currency: "USD", minimumFractionDigits: 2, maximumFractionDigits: 6,
+  });
+
+  function count(n) {
+    return countFormat.format(n);
+  }
+
+  function money(usd) {
+    return moneyFormat.format(usd);
+  }
+
+  // A task's cost in full (costs have up to 10 decimal places), without trailing zeros.
+  function costText(usd) {
+    return usd.toFixed(10).replace(/\.?0+$/, "");
+  }
+
+  function utcTime(iso) {
+    if (!iso) return "–";
+    const d = new Date(iso);
+    return d.toISOString().slice(0, 19).replace("T", " ");
+  }
+
+  function duration(seconds) {
+    const s = Math.max(0, Math.round(seconds));
+    const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600);
+    const m = Math.floor((s % 3600) / 60), r = s % 60;
+    if (d) return d + "d " + h + "h";
+    if (h) return h + "h " + m + "m";
+    if (m) return m + "m " + r + "s";
+    return r + "s";
+  }
+
+  function utcDay(date) {
+    return date.toISOString().slice(0, 10);
+  }
+
+  // --- the range ----------------------------------------------------------------------------
+
+  // The window asked of /api/stats: whole UTC days for 7 and 30 days, so the
+  // per-day rows are complete; the last 24 hours from now.
+  function rangeSince(range, now) {
+    const midnight = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate());
+    switch (range) {
+      case "24h": return new Date(now.getTime() - DAY_MS);
+      case "7d": return new Date(midnight - 6 * DAY_MS);
+      case "30d": return new Date(midnight - 29 * DAY_MS);
+      default: return null;
+    }
+  }
+
+  function rangeLabel(range) {
+    return {"24h": "in the last 24 hours", "7d": "in the last 7 days", "30d": "in the last 30 days"}[range]
+      || "all time";
+  }
+
+  // --- talking to the API -----------------------------------------------------------------
+
+  async function getJSON(url, params, token) {
+    const query = new URLSearchParams();
+    for (const [key, value] of Object.entries(params)) {
+      if (value !== null && value !== undefined && value !== "") query.set(key, value);
+    }
+    const text = query.toString();
+    const response = await fetch(text ? url + "?" + text : url, {
+      headers: {Authorization: "Bearer " + token, Accept: "application/json"},
+      cache: "no-store",
+      credentials: "omit",
+      referrerPolicy: "no-referrer",
+    });
+    if (response.status === 401) throw new AuthError("the token was refused");
+    let answer = null;
+    try {
+      answer = await response.json();
+    } catch (ignored) {
+      answer = null;
+    }
+    if (!response.ok) {
+      const message = answer && answer.error ? answer.error.message : "HTTP " + response.status;
+      throw new Error(message);
+    }
+    return answer;
+  }
+
+  function statsParams(now) {
+    const since = rangeSince(state.range, now);
+    return {since: since ? since.toISOString() : null};
+  }
+
+  function taskParams() {
+    return {
+      status: state.status,
+      q: state.search,
+      limit: state.pageSize,
+      cursor: state.cursors[state.page],
+    };
+  }
+
+  // --- drawing ------------------------------------------------------------------------------
+
+  function drawStats(stats, now) {
+    const tasks = stats.tasks;
+    setText("count-total", count(tasks.total));
+    for (const status of ["success", "error", "submitted", "queued"]) {
+      setText("count-" + status, count(tasks.byStatus[status] || 0));
+    }
+    setText("count-sources", count(tasks.bySource.submitted || 0) + " / " + count(tasks.bySource.external || 0));
+    setText("conflicts", count(tasks.conflicts));
+    setText("avg-deliveries", tasks.averageDeliveries === null ? "–" : tasks.averageDeliveries.toFixed(2));
+    setText("deliveries", count(stats.deliveries.received));
+    setText("dead-letters", count(stats.deadLetters.total) + " (" + count(stats.deadLetters.pending) + ")");
+
+    const waiting = stats.waiting;
+    setText("waiting", waiting.count === 0 ? "none"
+      : count(waiting.count) + " · oldest " + duration(waiting.oldest.ageSeconds || 0));
+
+    const spend = stats.spend;
+    setText("spend-range", money(spend.usd));
+    $("spend-range").title = spend.exact + " USD exactly, " + count(spend.successes) + " successes";
+    const today = spend.byDay.find((d) => d.day === utcDay(now));
+    setText("spend-today", money(today ? today.usd : 0));
+    $("spend-today").title = (today ? today.exact : "0") + " USD exactly";
+    for (const label of document.querySelectorAll(".range-label")) label.textContent = rangeLabel(state.range);
+    drawDays(spend.byDay, stats.window.since ? new Date(stats.window.since) : null, now);
+  }
+
+  // One row per day of the window, newest first; days without results show zeros.
+  // "All time" shows only the days that had results.
+  function drawDays(byDay, since, now) {
+    const known = new Map(byDay.map((d) => [d.day, d]));
+    let days = byDay.map((d) => d.day);
+    if (since) {
+      days = [];
+      for (let t = Date.parse(utcDay(since)); t <= now.getTime(); t += DAY_MS) days.push(utcDay(new Date(t)));
+    }
+    days.reverse();
+    const most = Math.max(0, ...byDay.map((d) => d.usd));
+    const rows = days.map((day) => {
+      const d = known.get(day) || {tasks: 0, successes: 0, errors: 0, usd: 0, exact: "0"};
+      const row = el("tr");
+      row.dataset.day = day;
+      row.append(el("td", day), el("td", count(d.tasks), "num"), el("td", count(d.successes), "num"),
+        el("td", count(d.errors), "num"));
+      const spendCell = el("td", money(d.usd), "num");
+      spendCell.title = d.exact + " USD exactly";
+      const bar = el("span", null, "bar");
+      bar.style.width = (most > 0 ? (100 * d.usd) / most : 0).toFixed(1) + "%";
+      const barCell = el("td", null, "bar-cell");
+      barCell.append(bar);
+      row.append(spendCell, barCell);
+      return row;
+    });
+    if (!rows.length) {
+      const row = el("tr");
+      const cell = el("td", "No results in this range.", "empty");
+      cell.colSpan = 6;
+      row.append(cell);
+      rows.push(row);
+    }
+    $("days").tBodies[0].replaceChildren(...rows);
+  }
+
+  function drawTasks(page) {
+    const rows = page.tasks.map((task) => {
+      const row = el("tr");
+      row.dataset.taskUuid = task.taskUUID;
+      const uuid = el("td", task.taskUUID, "uuid");
+      const status = el("td");
+      status.append(el("span", task.status, "badge status-" + task.status));
+      if (task.conflict) status.append(el("span", "conflict", "badge conflict"));
+      const caption = el("td", null, "caption");
+      if (task.status === "error") {
+        caption.append(el("span", [task.errorCode, task.errorMessage].filter(Boolean).join(": "), "error-text"));
+      } else {
+        caption.textContent = task.text === null ? "" : task.text;
+      }
+      row.append(
+        el("td", utcTime(task.updatedAt), "time"), uuid, status, el("td", task.source), caption,
+        el("td", task.cost === null ? "–" : costText(task.cost), "num"),
+        el("td", count(task.deliveryCount), "num"), el("td", utcTime(task.createdAt), "time"),
+      );
+      return row;
+    });
+    if (!rows.length) {
+      const row = el("tr");
+      const cell = el("td", "No tasks match.", "empty");
+      cell.colSpan = 8;
+      row.append(cell);
+      rows.push(row);
+    }
+    $("tasks").tBodies[0].replaceChildren(...rows);
+    state.nextCursor = page.nextCursor;
+    $("prev-page").disabled = state.page === 0;
+    $("next-page").disabled = !page.nextCursor;
+    setText("page-label", "Page " + (state.page + 1));
+  }
+
+  // --- the refresh loop ---------------------------------------------------------------------
+
+  async function refresh() {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) return showLogin("");
+    const generation = state.generation;
+    const now = new Date();
+    try {
+      const [stats, page] = await Promise.all([
+        getJSON(STATS_URL, statsParams(now), token),
+        getJSON(TASKS_URL, taskParams(), token),
+      ]);
+      if (generation !== state.generation) return; // the filters changed meanwhile
+      drawStats(stats, now);
+      drawTasks(page);
+      setText("status-line", "Updated " + utcTime(stats.generatedAt) + " UTC · refreshing every "
+        + Math.round(POLL_MS / 1000) + " s");
+      body.dataset.refreshed = String(Number(body.dataset.refreshed || 0) + 1);
+    } catch (error) {
+      if (error instanceof AuthError) return signOut("The token was refused. Sign in again.");
+      setText("status-line", "Could not refresh (" + error.message + "); trying again.");
+    }
+    schedule();
+  }
+
+  function schedule() {
+    clearTimeout(state.timer);
+    state.timer = setTimeout(refresh, POLL_MS);
+  }
+
+  function restart() {
+    state.generation += 1;
+    clearTimeout(state.timer);
+    refresh();
+  }
+
+  function resetPaging() {
+    state.cursors = [null];
+    state.page = 0;
+  }
+
+  // --- signing in and out -------------------------------------------------------------------
+
+  function showLogin(message) {
+    clearTimeout(state.timer);
+    $("board").hidden = true;
+    $("controls").hidden = true;
+    $("login").hidden = false;
+    setText("login-error", message || "");
+    setText("status-line", "");
+    $("token").focus();
+  }
+
+  function showBoard() {
+    $("login").hidden = true;
+    $("board").hidden = false;
+    $("controls").hidden = false;
+  }
+
+  function signOut(message) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    state.generation += 1;
+    showLogin(message);
+  }
+
+  async function signIn(event) {
+    event.preventDefault();
+    const input = $("token");
+    const token = input.value.trim();
+    input.value = "";
+    if (!token) return;
+    setText("login-error", "Checking…");
+    try {
+      await getJSON(STATS_URL, {since: new Date(Date.now() - DAY_MS).toISOString()}, token);
+    } catch (error) {
+      setText("login-error", error instanceof AuthError ? "That token was refused." : "Sign-in failed: " + error.message);
+      return;
+    }
+    sessionStorage.setItem(TOKEN_KEY, token);
+    setText("login-error", "");
+    showBoard();
+    resetPaging();
+    restart();
+  }
+
+  // --- wiring -------------------------------------------------------------------------------
+
+  function start() {
+    $("login-form").addEventListener("submit", signIn);
+    $("sign-out").addEventListener("click", () => signOut("Signed out."));
+    $("range").addEventListener("change", (e) => { state.range = e.target.value; restart(); });
+    $("status-filter").addEventListener("change", (e) => { state.status = e.target.value; resetPaging(); restart(); });
+    $("page-size").addEventListener("change", (e) => { state.pageSize = Number(e.target.value); resetPaging(); restart(); });
+    let typing = null;
+    $("search").addEventListener("input", (e) => {
+      clearTimeout(typing);
+      typing = setTimeout(() => { state.search = e.target.value.trim(); resetPaging(); restart(); }, 300);
+    });
+    $("task-filter").addEventListener("submit", (e) => e.preventDefault());
+    $("next-page").addEventListener("click", () => {
+      if (!state.nextCursor) return;
+      state.cursors[state.page + 1] = state.nextCursor;
+      state.page += 1;
+      restart();
+    });
+    $("prev-page").addEventListener("click", () => {
+      if (state.page === 0) return;
+      state.page -= 1;
+      restart();
+    });
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden && sessionStorage.getItem(TOKEN_KEY)) restart();
+    });
+
+    state.range = $("range").value;
+    state.status = $("status-filter").value;
+    state.pageSize = Number($("page-size").value);
+    if (sessionStorage.getItem(TOKEN_KEY)) {
+      showBoard();
+      refresh();
+    } else {
+      showLogin("");
+    }
+  }
+
+  start();
+})();

@@ -1,0 +1,211 @@
+"""The built-in dashboard: a shell page under a strict policy, and, in headless Chromium, the real thing.
+
+The browser test runs the app under gunicorn, signs in through the form, and
+checks the figures, the task table, filters, paging and auto-refresh against
+the hand-worked store of `tests.reporting_data`, and that a caption full of
+markup shows up as text. It needs Chromium: without it the test is skipped,
+unless REQUIRE_BROWSER=1 (as in CI), when it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from store.schema import tasks
+from store.schema import utcnow
+from tests import reporting_data as data
+from tests.chromium import Chromium
+from tests.chromium import find_chromium
+from tests.conftest import TOKENS
+from tests.reporting_data import UUID
+from tests.support import ROOT
+from tests.support import Gunicorn
+
+SCRIPT = ROOT / "receiver" / "static" / "dashboard" / "dashboard.js"
+
+
+def test_page_is_a_shell_under_a_strict_policy(client):
+    response = client.get("/dashboard")
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    policy = dict(d.strip().split(" ", 1) for d in response.headers["Content-Security-Policy"].split(";"))
+    assert policy["default-src"] == "'self'"
+    assert policy["script-src"] == "'self'" and policy["style-src"] == "'self'"
+    assert policy["object-src"] == "'none'" and policy["frame-ancestors"] == "'none'"
+    assert policy["require-trusted-types-for"] == "'script'"
+    assert "unsafe" not in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+
+    html = response.get_data(as_text=True)
+    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", html, flags=re.DOTALL)
+    assert scripts, "the page loads its script"
+    for attributes, body in scripts:
+        assert 'src="/dashboard/static/' in attributes and not body.strip(), "no inline script"
+    assert not re.search(r"\sstyle\s*=", html), "no inline style"
+    assert not re.search(r"\son[a-z]+\s*=", html, flags=re.IGNORECASE), "no inline event handler"
+    assert 'href="http' not in html and 'src="http' not in html, "nothing from another origin"
+
+
+def test_the_page_needs_no_token_but_its_data_does(client):
+    assert client.get("/dashboard").status_code == 200
+    assert client.get("/api/stats").status_code == 401
+    assert client.get("/api/tasks").status_code == 401
+
+
+@pytest.mark.parametrize("name, mimetype", [("dashboard.js", "text/javascript"), ("dashboard.css", "text/css"),
+                                            ("favicon.svg", "image/svg+xml")])
+def test_static_files_are_served_with_nosniff(client, name, mimetype):
+    response = client.get(f"/dashboard/static/{name}")
+    assert response.status_code == 200
+    assert response.mimetype == mimetype
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    response.close()
+
+
+def test_the_script_never_turns_strings_into_markup_or_logs():
+    source = SCRIPT.read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "Function(",
+                 "localStorage", "console.", "document.cookie"):
+        assert sink not in source, sink
+    assert "textContent" in source
+
+
+# --- in Chromium --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def chromium():
+    path = find_chromium()
+    if path is None:
+        message = "Chromium not found (apt-get install chromium, or set CHROMIUM to its path)"
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail(message + "; REQUIRE_BROWSER=1")
+        pytest.skip(message)
+    with Chromium(path) as browser:
+        yield browser
+
+
+@pytest.fixture
+def server(config):
+    env = {"APP_ENV": "development", "REDIS_URL": config.redis_url, "DATABASE_URL": config.database_url, **TOKENS}
+    gunicorn = Gunicorn(env, workers=2)
+    gunicorn.start()
+    yield gunicorn
+    gunicorn.stop()
+
+
+def fresh_task(n: int, when, **values) -> dict:
+    row = {"task_uuid": f"ffffffff-0000-4000-8000-{n:012x}", "status": "queued", "source": "external",
+           "created_at": when, "updated_at": when, "delivery_count": 0, "conflict": False}
+    row.update(values)
+    return row
+
+
+ROWS = "[...document.querySelectorAll('#tasks tbody tr')].map(r => r.dataset.taskUuid)"
+
+
+def shown(page) -> list[str]:
+    return page.evaluate(ROWS)
+
+
+def texts(page, *ids: str) -> list[str]:
+    return [page.text(f"#{id_}") for id_ in ids]
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_dashboard_in_chromium(chromium, server, engine, tmp_path):
+    data.load(engine)
+    now = utcnow()
+    task_j = fresh_task(0, now, status="success", text="fresh result", cost=Decimal("0.25"), result_at=now,
+                        delivery_count=1)
+    with engine.begin() as conn:
+        conn.execute(tasks.insert(), [task_j])
+
+    page = chromium.new_page()
+    page.goto(server.url + "/dashboard")
+    page.wait_for("!document.getElementById('login').hidden")
+    assert page.evaluate("document.getElementById('board').hidden")
+    page.screenshot(tmp_path / "sign-in.png")
+
+    # A wrong token is refused and not kept.
+    page.type("#token", "wrong-token")
+    page.click("#login-form button[type=submit]")
+    page.wait_for("document.getElementById('login-error').textContent.includes('refused')")
+    assert page.evaluate("sessionStorage.length") == 0
+
+    # The read token opens the board; the default range (7 days) holds task J alone.
+    page.type("#token", "read-token")
+    page.click("#login-form button[type=submit]")
+    page.wait_for("Number(document.body.dataset.refreshed) >= 1")
+    assert page.evaluate("document.getElementById('token').value") == ""
+    assert texts(page, "count-total", "count-success", "spend-today", "spend-range") == ["1", "1", "$0.25", "$0.25"]
+    days = page.evaluate("[...document.querySelectorAll('#days tbody tr')].map(r => r.dataset.day)")
+    assert len(days) == 7 and days[0] == now.date().isoformat()
+
+    # All time: the hand-worked figures, plus J.
+    page.choose("#range", "all")
+    page.wait_for("document.getElementById('count-total').textContent === '10'")
+    assert texts(page, "count-success", "count-error", "count-submitted", "count-queued", "count-sources") == [
+        "6", "1", "2", "1", "5 / 5"]
+    assert texts(page, "spend-range", "conflicts", "dead-letters", "deliveries") == ["$1.786468", "1", "3 (2)", "4"]
+    assert page.evaluate("document.getElementById('spend-range').title").startswith("1.7864678901 USD exactly")
+    assert page.text("#waiting").startswith("2 · oldest ")
+    day_rows = page.evaluate("[...document.querySelectorAll('#days tbody tr')]"
+                             ".map(r => [...r.cells].slice(0, 5).map(c => c.textContent))")
+    assert day_rows == [[now.date().isoformat(), "1", "1", "0", "$0.25"],
+                        ["2026-03-02", "4", "3", "1", "$1.434568"],
+                        ["2026-03-01", "2", "2", "0", "$0.1019"]]
+
+    # The latest tasks, newest first; the caption full of markup is text, and nothing ran.
+    assert shown(page) == [task_j["task_uuid"], *(UUID[n] for n in "HGIEDFCBA")]
+    caption = page.evaluate(f"document.querySelector('tr[data-task-uuid=\"{UUID['A']}\"] td.caption').textContent")
+    assert caption == data.XSS_TEXT
+    assert page.evaluate("document.querySelectorAll('#tasks img, #tasks script').length") == 0
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    page.screenshot(tmp_path / "dashboard.png", full_page=True)
+
+    # The status filter.
+    page.choose("#status-filter", "error")
+    page.wait_for(f"JSON.stringify({ROWS}) === '[\"{UUID['D']}\"]'")
+    assert page.evaluate("document.querySelector('#tasks td.caption').textContent") == (
+        "timeoutProvider: the provider timed out")
+    page.choose("#status-filter", "")
+    page.wait_for(f"{ROWS}.length === 10")
+
+    # Auto-refresh shows tasks that arrive later; paging walks through them.
+    later = [fresh_task(n, now + timedelta(seconds=n)) for n in range(1, 16)]
+    with engine.begin() as conn:
+        conn.execute(tasks.insert(), later)
+    page.wait_for("document.getElementById('count-total').textContent === '25'", timeout=10)
+    page.wait_for(f"{ROWS}.length === 20")
+    assert shown(page)[:16] == [t["task_uuid"] for t in reversed(later)] + [task_j["task_uuid"]]
+    page.click("#next-page")
+    page.wait_for("document.getElementById('page-label').textContent === 'Page 2'")
+    page.wait_for(f"{ROWS}.length === 5")
+    assert shown(page) == [UUID[n] for n in "DFCBA"]
+    assert page.evaluate("document.getElementById('next-page').disabled")
+    page.click("#prev-page")
+    page.wait_for(f"{ROWS}.length === 20 && document.getElementById('page-label').textContent === 'Page 1'")
+
+    # Signing out forgets the token.
+    page.click("#sign-out")
+    page.wait_for("!document.getElementById('login').hidden")
+    assert page.evaluate("sessionStorage.length") == 0
+
+    # The token only ever travelled in the Authorization header, never in a URL or a log line.
+    requests = [e["request"] for e in page.events("Network.requestWillBeSent")]
+    assert not [r["url"] for r in requests if "token" in r["url"]]
+    api_calls = [r for r in requests if "/api/" in r["url"]]
+    assert api_calls and all(r["headers"].get("Authorization", "").startswith("Bearer ") for r in api_calls)
+    assert [e for e in page.console_errors() if "status of 401" not in e] == []
+    log = server.output()
+    assert "GET /dashboard" in log or "/dashboard" in log
+    assert "read-token" not in log and "wrong-token" not in log
