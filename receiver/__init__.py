@@ -25,12 +25,13 @@ def register_blueprints(app: Flask) -> None:
     """Mount each surface of the service."""
     from receiver import admin
     from receiver import api
+    from receiver import dashboard
     from receiver import health
     from receiver import metrics
     from receiver import submit
     from receiver import webhooks
 
-    for module in (webhooks, api, submit, admin, health, metrics):
+    for module in (webhooks, api, submit, admin, health, metrics, dashboard):
         app.register_blueprint(module.bp)
 
 
