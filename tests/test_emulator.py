@@ -515,6 +515,7 @@ def test_mixed_envelopes(start_emulator, receiver):
     emu = start_emulator(envelope="mixed")
     tasks = [caption_task(b64(sample_bytes()), u, webhookURL=receiver.url()) for u in fixed_uuids(8)]
     emu.post(tasks)
+    emu.wait_webhooks([t["taskUUID"] for t in tasks])
     calls = receiver.wait(8)
     shapes = {"data" in c["body"] for c in calls}
     assert shapes == {True, False}
