@@ -43,3 +43,16 @@ clean: ## remove .venv and caches (var/ with its data and secrets is kept)
 # More targets (bench, chaos, ...) go below this line. Make each depend on
 # `venv`, add it to .PHONY, and give it a `## description` after the colon so
 # that `make help` lists it.
+
+.PHONY: bench
+BENCH_ARGS ?=
+bench: venv ## run the benchmark suite (bench/README.md); BENCH_ARGS='--quick' or '--only intake,drain'
+	@command -v wrk >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "bench: installing wrk"; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; \
+		else \
+			echo "bench: wrk is missing and cannot be installed (needs root and apt-get)" >&2; \
+		fi; }
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
