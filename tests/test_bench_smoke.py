@@ -1,0 +1,93 @@
+"""The benchmark harness, run once with tiny sizes: it must produce well-formed results (speeds are not judged)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from tests.support import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+NEEDS_WRK = ("intake", "endtoend")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not on PATH")
+    out = tmp_path_factory.mktemp("bench")
+    phases = ["intake", "drain", "endtoend", "submit", "memory"]
+    if not shutil.which("wrk"):
+        phases = [p for p in phases if p not in NEEDS_WRK]
+    run = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--only", ",".join(phases), "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    return out, json.loads((out / "results.json").read_text()), run.stdout
+
+
+def test_every_phase_asked_for_reports_a_status(results):
+    _, data, stdout = results
+    assert data["schema"] == "captions-bench/1" and data["mode"] == "smoke"
+    assert data["machine"]["cores"] >= 1
+    for name, phase in data["phases"].items():
+        assert phase["status"] in ("ok", "skipped"), (name, phase)
+        assert phase["elapsed_s"] >= 0
+        assert f"== {name}" in stdout, "progress names each phase"
+    assert data["phases"]["submit"]["status"] in ("ok", "skipped")
+
+
+def test_drain_lines_are_measured_and_accounted(results):
+    _, data, _ = results
+    drain = data["phases"]["drain"]
+    lines = [drain["sqlite"]] + ([drain["postgres"]] if drain["postgres"]["status"] != "skipped" else [])
+    for line in lines:
+        assert line["raw"]["per_s"] > 0 and line["raw"]["accounted"]
+        assert line["drain"]["per_s"] > 0 and line["drain"]["accounted"]
+        assert line["drain"]["stored"] == data["sizes"]["drain_deliveries"]
+        assert line["per_job"]["done"] > 0 and line["per_job"]["per_s"] > 0
+        assert line["ratio_raw"] > 0 and line["ratio_per_job"] > 0
+    if drain["postgres"]["status"] == "skipped":
+        assert "PostgreSQL" in drain["postgres"]["note"]
+
+
+@pytest.mark.skipif(not shutil.which("wrk"), reason="wrk is not on PATH")
+def test_intake_and_end_to_end_are_measured_and_accounted(results):
+    _, data, _ = results
+    intake = data["phases"]["intake"]
+    assert intake["bare"]["rps"] > 0 and intake["service"]["rps"] > 0 and intake["ratio"] > 0
+    assert intake["service"]["non_2xx"] == 0 and intake["service"]["accounted"]
+    levels = data["phases"]["endtoend"]["levels"]
+    assert [lv["fraction"] for lv in levels] == [0.5, 0.9]
+    for lv in levels:
+        assert lv["accounted"] and lv["stored"] > 0
+        assert 0 <= lv["p50_ms"] <= lv["p99_ms"]
+        assert lv["backlog_end"] >= 0
+
+
+def test_memory_and_targets(results):
+    _, data, _ = results
+    memory = data["phases"]["memory"]
+    assert memory["redis"]["bytes_per_delivery"] > 0 and memory["redis"]["body_bytes_mean"] > 200
+    assert memory["rq"]["parent_rss_mib"] > 0
+    assert all(m > 0 for m in memory["gunicorn"]["worker_rss_mib"])
+    names = [t["name"] for t in data["targets"]]
+    assert len(names) == 8
+    for target in data["targets"]:
+        assert target["pass"] in (True, False, None)
+        assert target["op"] in (">=", "<=", "<")
+
+
+def test_markdown_and_chart_are_written(results):
+    out, data, _ = results
+    markdown = (out / "results.md").read_text()
+    assert markdown.startswith("# Benchmark results")
+    assert "## Targets" in markdown and "## Drain" in markdown
+    with Image.open(out / "results.png") as chart:
+        assert chart.format == "PNG" and chart.size[0] >= 1000
+    assert "/tmp" not in json.dumps(data), "results name no path of the machine they ran on"
