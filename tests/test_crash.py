@@ -216,6 +216,18 @@ def test_the_sweep_enqueues_a_drain_only_when_one_is_needed(redis_url):
     assert conn.llen(f"rq:queue:{PERSIST_QUEUE}") == 2
 
 
+def test_the_sweep_rescues_entries_no_drain_reads(redis_url):
+    """A flag without a drain (restored by Redis after a restart, or its drain killed): new entries wait."""
+    conn = redis.Redis.from_url(redis_url)
+    ensure_group(conn)
+    conn.set(DRAIN_FLAG, 1, ex=30)
+    conn.xadd(DELIVERY_STREAM, {"body": b"{}", "at": 0})
+    assert sweep_stream(conn, STALE_MS) == "draining"
+    time.sleep(STALE_MS / 1000 + 0.1)
+    assert sweep_stream(conn, STALE_MS) == "rescued"
+    assert conn.llen(f"rq:queue:{PERSIST_QUEUE}") == 1
+
+
 # -- gunicorn ----------------------------------------------------------------------------------
 
 

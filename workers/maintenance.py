@@ -2,10 +2,9 @@
 
 - `sweep` (RQ cron, every `SWEEP_INTERVAL_S`): guarantees progress when no new
   delivery arrives to enqueue a drain. It enqueues one when the stream holds
-  entries and no drain is wanted, or when entries sit abandoned in the consumer
-  group (their drain was killed) while the flag of that dead drain lingers. So a
-  delivery in Redis reaches the store within seconds of a crash, not after RQ's
-  ten-minute maintenance pass.
+  entries and no drain is wanted, or when entries sit abandoned or unread while
+  the flag of a dead drain lingers. So a delivery in Redis reaches the store
+  within seconds of a crash, not after RQ's ten-minute maintenance pass.
 - `cleanup` (RQ cron, hourly): deletes the delivery log older than
   `DELIVERY_RETENTION_DAYS`, and dead letters replayed before that, in batches,
   each batch its own short transaction. It never deletes the log of a delivery
@@ -66,15 +65,34 @@ REPLAY_LIMIT = 1000
 # -- the sweep -----------------------------------------------------------------------------------
 
 
+def unread_for_ms(conn: redis.Redis) -> int:
+    """How long the oldest entry no drain has read yet has waited (0 when there is none)."""
+    group = next(g for g in conn.xinfo_groups(DELIVERY_STREAM) if g["name"].decode() == DELIVERY_GROUP)
+    first = conn.xrange(DELIVERY_STREAM, f"({group['last-delivered-id'].decode()}", "+", count=1)
+    if not first:
+        return 0
+    seconds, micros = conn.time()
+    return seconds * 1000 + micros // 1000 - int(first[0][0].split(b"-")[0])
+
+
 def sweep_stream(conn: redis.Redis, stale_after_ms: int) -> str:
-    """Enqueue a drain if deliveries wait and none will come; says what it did."""
+    """Enqueue a drain if deliveries wait and none will come; says what it did.
+
+    The flag says a drain is queued or running, but a drain killed with the
+    flag set (or a flag restored by Redis after a restart) keeps it for up to
+    DRAIN_FLAG_TTL. So the sweep also looks at the entries: some read by a
+    drain and left unacknowledged for the stale period, or none read at all for
+    that long, mean no drain is at work, and it enqueues one (at most one per
+    stale period; a spare drain alongside a live one is harmless).
+    """
     if not conn.xlen(DELIVERY_STREAM):
         return "idle"
     if want_drain(conn):
         return "enqueued"
     ensure_group(conn)
     abandoned = conn.xpending_range(DELIVERY_STREAM, DELIVERY_GROUP, "-", "+", 1, idle=stale_after_ms)
-    if abandoned and conn.set(RESCUE_KEY, 1, nx=True, px=stale_after_ms):
+    stuck = abandoned or unread_for_ms(conn) > stale_after_ms
+    if stuck and conn.set(RESCUE_KEY, 1, nx=True, px=stale_after_ms):
         enqueue_drain(conn)
         return "rescued"
     return "draining"

@@ -1,0 +1,386 @@
+"""Outages on the real stack: Redis killed (append-only file), Redis down, the database down for a minute.
+
+The promise under test: once the webhook has answered 2xx, the delivery reaches
+the store exactly once, and the service recovers by itself: no process is
+restarted by hand (the worker, gunicorn and the cron process keep their pids).
+
+The database outages last OUTAGE_SECONDS (default 60, the issue's "a minute").
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+import redis
+import requests
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from receiver import create_app
+from store.db import create_engine
+from store.migrate import upgrade
+from store.schema import dead_letters
+from store.schema import deliveries
+from store.schema import metadata
+from store.schema import tasks
+from tests.conftest import TOKENS
+from tests.helpers import WEBHOOK
+from tests.helpers import new_uuid
+from tests.helpers import post
+from tests.helpers import success
+from tests.helpers import wrapped
+from tests.support import Gunicorn
+from tests.support import ProjectRedisServer
+from tests.support import Service
+from tests.support import TcpProxy
+from tests.support import run_worker
+from tests.support import wait_for
+from workers import persist
+from workers.maintenance import sweep_stream
+from workers.persist import Drainer
+from workers.queues import DELIVERY_STREAM
+from workers.queues import PERSIST_QUEUE
+
+pytestmark = pytest.mark.slow
+
+OUTAGE_SECONDS = float(os.environ.get("OUTAGE_SECONDS", "60"))
+STALE_MS = 1000
+SWEEP = """
+from rq import cron
+from workers.maintenance import sweep
+cron.register(sweep, "persist", interval=1, result_ttl=0, ttl=30)
+"""
+
+
+def clear(url: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(table.delete())
+    engine.dispose()
+
+
+def environment(redis_url: str, database_url: str) -> dict[str, str]:
+    return {"APP_ENV": "development", "REDIS_URL": redis_url, "DATABASE_URL": database_url,
+            "PERSIST_STALE_AFTER_MS": str(STALE_MS), **TOKENS}
+
+
+class Workers:
+    """A persist worker and the cron process running the drain sweep (every second here)."""
+
+    def __init__(self, env: dict[str, str], tmp_path):
+        schedule = tmp_path / "sweep_schedule.py"
+        schedule.write_text(SWEEP)
+        self.worker = Service.worker(PERSIST_QUEUE, env)
+        self.cron = Service([*Service.worker("cron", env).argv, "--schedule", str(schedule)], env, name="cron")
+
+    def start(self) -> Workers:
+        self.worker.start()
+        self.cron.start()
+        self.pids = (self.worker.pid, self.cron.pid)
+        return self
+
+    def still_the_same(self) -> bool:
+        return self.worker.running() and self.cron.running() and (self.worker.pid, self.cron.pid) == self.pids
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.cron.stop()
+
+
+class Sender:
+    """Runware's side of the wire: posts one result per task, again until it gets a 2xx.
+
+    `acked` maps each task to the delivery id of its 2xx; `refused` counts the
+    other answers (503s, connection errors) that made the sender retry.
+    """
+
+    def __init__(self, url: str, threads: int = 4):
+        self.url = f"{url}{WEBHOOK}"
+        self.threads = threads
+        self.acked: dict[str, str] = {}
+        self.attempts: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._pool: list[threading.Thread] = []
+
+    def send(self, session: requests.Session, task: str) -> None:
+        body = wrapped(success(task, text=f"caption of {task}"))
+        while True:
+            self.attempts[task] = self.attempts.get(task, 0) + 1
+            try:
+                response = session.post(self.url, params={"token": "hook-new"}, data=body,
+                                        headers={"Content-Type": "application/json"}, timeout=10)
+                outcome = response.status_code
+            except requests.RequestException as exc:
+                response, outcome = None, type(exc).__name__
+            if response is not None and response.ok:
+                with self._lock:
+                    self.acked[task] = response.json()["delivery"]
+                return
+            with self._lock:
+                self.refused[str(outcome)] = self.refused.get(str(outcome), 0) + 1
+            time.sleep(0.2)
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                self.send(session, new_uuid())
+
+    def start(self) -> Sender:
+        self._pool = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]
+        for thread in self._pool:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._pool:
+            thread.join(timeout=60)
+
+
+def ledger(engine) -> tuple[dict[str, dict], dict[str, int]]:
+    """Stored tasks by uuid, and how many logged deliveries name each task."""
+    with engine.connect() as conn:
+        stored = {row["task_uuid"]: dict(row) for row in conn.execute(sa.select(tasks)).mappings()}
+        logged: dict[str, int] = {}
+        for items in conn.scalars(sa.select(deliveries.c["items"])):
+            for item in items:
+                logged[item["task_uuid"]] = logged.get(item["task_uuid"], 0) + 1
+    return stored, logged
+
+
+def assert_exactly_once(engine, acked: dict[str, str], retries: dict[str, int] | None = None) -> None:
+    """Every acknowledged delivery is in the log; each task is stored as a success, counted once per delivery."""
+    stored, logged = ledger(engine)
+    with engine.connect() as conn:
+        log_ids = set(conn.scalars(sa.select(deliveries.c.id)))
+        assert conn.scalar(sa.select(sa.func.count()).select_from(dead_letters)) == 0
+    lost = set(acked.values()) - log_ids
+    assert not lost, f"{len(lost)} acknowledged deliveries never reached the store"
+    missing = set(acked) - set(stored)
+    assert not missing, f"{len(missing)} acknowledged tasks not stored"
+    for task in acked:
+        row = stored[task]
+        assert row["status"] == "success" and row["text"] == f"caption of {task}"
+        assert row["delivery_count"] == logged[task], "a delivery counted twice, or not at all"
+        # More than one delivery only when the sender retried after a failed answer.
+        assert logged[task] <= (retries or {}).get(task, 1)
+
+
+@pytest.fixture
+def aof_redis():
+    server = ProjectRedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def stack(aof_redis, sqlite_url, tmp_path, monkeypatch):
+    """gunicorn, a persist worker and the sweep over Redis with deploy/redis.conf, on SQLite."""
+    clear(sqlite_url)
+    env = environment(aof_redis.url + "/0", sqlite_url)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    web = Gunicorn(env, workers=2)
+    web.start()
+    workers = Workers(env, tmp_path)
+    yield env, web, workers
+    workers.stop()
+    web.stop()
+
+
+def test_redis_killed_keeps_every_acknowledged_delivery(stack, aof_redis, sqlite_url):
+    env, web, workers = stack
+    sender = Sender(web.url)
+    with requests.Session() as session:
+        for _ in range(300):
+            sender.send(session, new_uuid())
+    assert len(sender.acked) == 300 and not sender.refused
+
+    aof_redis.stop(kill=True)  # kill -9: no shutdown save, only what the append-only file has
+    aof_redis.start()
+
+    conn = redis.Redis.from_url(env["REDIS_URL"])
+    in_stream = {entry_id.decode() for entry_id, _ in conn.xrange(DELIVERY_STREAM)}
+    assert set(sender.acked.values()) <= in_stream, "every acknowledged delivery survived the crash"
+    workers.start()
+    engine = sa.create_engine(sqlite_url)
+    wait_for(lambda: conn.xlen(DELIVERY_STREAM) == 0, timeout=60, what="the stream to drain")
+    assert_exactly_once(engine, sender.acked)
+    engine.dispose()
+
+
+def test_redis_killed_while_deliveries_flow_recovers_by_itself(stack, aof_redis, sqlite_url):
+    env, web, workers = stack
+    workers.start()
+    master = web.process.pid
+    sender = Sender(web.url).start()
+    time.sleep(2)
+    aof_redis.stop(kill=True)
+    time.sleep(3)
+    aof_redis.start()
+    time.sleep(3)
+    sender.stop()
+
+    conn = redis.Redis.from_url(env["REDIS_URL"])
+    wait_for(lambda: conn.xlen(DELIVERY_STREAM) == 0, timeout=60, what="the stream to drain")
+    engine = sa.create_engine(sqlite_url)
+    wait_for(lambda: len(ledger(engine)[0]) >= len(sender.acked), timeout=30, what="every task stored")
+    assert sender.refused, "the sender saw Redis down"
+    assert len(sender.acked) > 100
+    assert_exactly_once(engine, sender.acked, sender.attempts)
+    assert workers.still_the_same() and web.process.pid == master and web.process.poll() is None
+    engine.dispose()
+
+
+def test_redis_down_answers_503_then_recovers_without_a_restart(stack, aof_redis, sqlite_url):
+    env, web, workers = stack
+    workers.start()
+    master = web.process.pid
+    url = f"{web.url}{WEBHOOK}?token=hook-new"
+    headers = {"Content-Type": "application/json"}
+    before, during = new_uuid(), new_uuid()
+    assert requests.post(url, data=wrapped(success(before)), headers=headers, timeout=5).status_code == 202
+
+    aof_redis.stop()
+    refused = requests.post(url, data=wrapped(success(during)), headers=headers, timeout=15)
+    ready = requests.get(f"{web.url}/readyz", timeout=15)
+    assert refused.status_code == 503 and int(refused.headers["Retry-After"]) > 0
+    assert "retry" in refused.json()["error"]["message"]
+    assert ready.status_code == 503 and ready.json()["checks"]["redis"].startswith("unavailable")
+    time.sleep(3)  # the worker and the cron process meet the outage too
+
+    aof_redis.start()
+    again = requests.post(url, data=wrapped(success(during)), headers=headers, timeout=15)
+    assert again.status_code == 202
+    assert requests.get(f"{web.url}/readyz", timeout=5).status_code == 200
+    engine = sa.create_engine(sqlite_url)
+    wait_for(lambda: {before, during} <= set(ledger(engine)[0]), timeout=60, what="both results stored")
+    stored, logged = ledger(engine)
+    assert logged == {before: 1, during: 1} and stored[during]["delivery_count"] == 1
+    assert workers.still_the_same() and web.process.pid == master
+    engine.dispose()
+
+
+# -- the database down -------------------------------------------------------------------------
+
+
+@contextmanager
+def sqlite_locked(url: str):
+    """Another process holding SQLite's write lock: every write waits, then fails as 'database is locked'."""
+    holder = sqlite3.connect(make_url(url).database, timeout=1, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+@contextmanager
+def postgres_cut(proxy: TcpProxy):
+    """The network between the workers and PostgreSQL cut: connections dropped, new ones refused."""
+    proxy.cut()
+    try:
+        yield
+    finally:
+        proxy.restore()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def outage(request, redis_url, tmp_path, monkeypatch):
+    """(the database URL the service uses, one the test can always read, a context manager taking it away)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'captions.db'}"
+        upgrade(url)
+        yield url, url, lambda: sqlite_locked(url)
+        return
+    direct = request.getfixturevalue("postgres_url")
+    clear(direct)
+    target = make_url(direct)
+    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432).start()
+    through_proxy = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    yield through_proxy, direct, lambda: postgres_cut(proxy)
+    proxy.cut()
+
+
+def test_a_database_outage_of_a_minute_loses_nothing_and_resumes(outage, redis_url, tmp_path, monkeypatch):
+    url, readable_url, take_database_away = outage
+    env = environment(redis_url, url)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    workers = Workers(env, tmp_path).start()
+    app = create_app()
+    client = app.test_client()
+    engine = sa.create_engine(readable_url)
+    conn = redis.Redis.from_url(redis_url)
+    acked: dict[str, str] = {}
+
+    def deliver(n: int) -> None:
+        for _ in range(n):
+            task = new_uuid()
+            response = post(client, wrapped(success(task, text=f"caption of {task}")))
+            assert response.status_code == 202, "the webhook does not need the database"
+            acked[task] = response.json["delivery"]
+
+    try:
+        deliver(50)
+        wait_for(lambda: conn.xlen(DELIVERY_STREAM) == 0, timeout=30, what="the first deliveries stored")
+        with take_database_away():
+            ends = time.monotonic() + OUTAGE_SECONDS
+            while time.monotonic() < ends:
+                deliver(5)
+                time.sleep(0.5)
+            assert len(ledger(engine)[0]) == 50, "nothing was stored during the outage"
+            assert conn.xlen(DELIVERY_STREAM) == len(acked) - 50, "deliveries wait in Redis"
+            assert workers.still_the_same()
+        wait_for(lambda: conn.xlen(DELIVERY_STREAM) == 0, timeout=90, what="the backlog to drain after the outage")
+        assert_exactly_once(engine, acked)
+        assert workers.still_the_same(), "nothing was restarted"
+    finally:
+        workers.stop()
+        app.extensions["redis"].close()
+        engine.dispose()
+
+
+def test_an_outage_longer_than_the_retry_budget_is_resumed_by_the_sweep(outage, redis_url, monkeypatch):
+    url, readable_url, take_database_away = outage
+    for key, value in environment(redis_url, url).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(persist, "DB_RETRY_DELAYS", (0.2, 0.2))
+    conn = redis.Redis.from_url(redis_url)
+    app = create_app()
+    client = app.test_client()
+    uuids = [new_uuid() for _ in range(20)]
+    for task in uuids:
+        post(client, wrapped(success(task)))
+
+    drain_engine = create_engine(url)
+    if url.startswith("sqlite"):  # give up on the lock at once, not after the usual 10 s
+        sa.event.listen(drain_engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA busy_timeout=100"))
+    with take_database_away():
+        drainer = Drainer(conn, drain_engine, 100, STALE_MS)
+        with pytest.raises(sa.exc.DBAPIError):
+            drainer.run()  # the drain job gives up, and RQ records it as failed
+    assert conn.xlen(DELIVERY_STREAM) == 20, "its entries stay in the stream, pending"
+
+    time.sleep(STALE_MS / 1000 + 0.1)
+    assert sweep_stream(conn, STALE_MS) == "rescued", "the sweep starts a drain although the flag lingers"
+    run_worker(redis_url, PERSIST_QUEUE)
+
+    assert conn.xlen(DELIVERY_STREAM) == 0
+    engine = sa.create_engine(readable_url)
+    with engine.connect() as c:
+        counts = dict(c.execute(sa.select(tasks.c.task_uuid, tasks.c.delivery_count)).all())
+    assert counts == {task: 1 for task in uuids}
+    app.extensions["redis"].close()
+    engine.dispose()
+    drain_engine.dispose()
