@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import time
 
+import redis
 from rq import Queue
 from rq import Worker
 
@@ -27,6 +30,8 @@ from workers.queues import SUBMIT_QUEUE
 from workers.queues import connect
 
 QUEUES = (PERSIST_QUEUE, SUBMIT_QUEUE)
+REDIS_RETRY_S = 2
+"""Seconds between attempts to serve the queue again after RQ gave up on a Redis connection error."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,9 +55,23 @@ def main(argv: list[str] | None = None) -> int:
         from workers.maintenance import run_cron
 
         return run_cron(conn, args.schedule)
-    worker = Worker([Queue(args.queue, connection=conn)], connection=conn, name=args.name)
-    worker.work(burst=args.burst, with_scheduler=args.queue == SUBMIT_QUEUE)
-    return 0
+    name = args.name
+    while True:
+        try:
+            worker = Worker([Queue(args.queue, connection=conn)], connection=conn, name=name)
+            worker.work(burst=args.burst, with_scheduler=args.queue == SUBMIT_QUEUE)
+            return 0
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # RQ waits out Redis while it waits for a job, but quits on a connection error
+            # anywhere else (a heartbeat after a job): serve the queue again once Redis is back.
+            if args.burst:
+                raise
+            logging.getLogger(__name__).warning("Redis unavailable (%s); serving %s again in %ss",
+                                                type(exc).__name__, args.queue, REDIS_RETRY_S)
+            name = args.name and f"{args.name}-{int(time.time())}"  # the old name may still look alive
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            time.sleep(REDIS_RETRY_S)
 
 
 if __name__ == "__main__":
