@@ -291,6 +291,12 @@ def _bars(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title: str,
         return left + v / high * (right - left)
 
     draw.line([(left, top - 4), (left, top + row * len(bars))], fill=INK, width=1)
+    if reference:  # under the bars and their figures, which stay readable across it
+        rx = x_of(reference)
+        bottom = top + row * len(bars)
+        for yy in range(int(top - 4), int(bottom), 10):
+            draw.line([(rx, yy), (rx, min(yy + 5, bottom))], fill=INK, width=2)
+        draw.text((rx, bottom + 4), reference_label, fill=INK, font=value_font, anchor="ma")
     for i, (label, value, colour, text) in enumerate(bars):
         y = top + i * row
         bar_h = row * 0.62
@@ -300,13 +306,9 @@ def _bars(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title: str,
             continue
         end = max(x_of(value), left + 2)
         draw.rectangle([left, y, end, y + bar_h], fill=colour)
+        box = draw.textbbox((end + 8, y + bar_h / 2), text, font=value_font, anchor="lm")
+        draw.rectangle([box[0] - 3, box[1] - 2, box[2] + 3, box[3] + 2], fill="white")
         draw.text((end + 8, y + bar_h / 2), text, fill=INK, font=value_font, anchor="lm")
-    if reference:
-        rx = x_of(reference)
-        bottom = top + row * len(bars)
-        for yy in range(int(top - 4), int(bottom), 10):
-            draw.line([(rx, yy), (rx, min(yy + 5, bottom))], fill=INK, width=2)
-        draw.text((rx, bottom + 4), reference_label, fill=INK, font=value_font, anchor="ma")
 
 
 def _target_bars(results: dict) -> list[tuple]:
@@ -320,7 +322,8 @@ def _target_bars(results: dict) -> list[tuple]:
             continue
         score = m / t["target"] if t["op"] == ">=" else (t["target"] / m if m else 10.0)
         shown = f"{m:,.0f}{t['unit']}" if t["unit"] == "ms" else f"{m:,.2f}{t['unit']}"
-        bars.append((_short(t["name"]), min(score, 3.0), GREEN if t["pass"] else RED, f"{shown} (goal {goal})"))
+        why = f" · {t['note']}" if t.get("note") else ""
+        bars.append((_short(t["name"]), min(score, 3.0), GREEN if t["pass"] else RED, f"{shown} (goal {goal}){why}"))
     return bars
 
 
@@ -345,7 +348,7 @@ def write_chart(results: dict, path: Path) -> None:
               fill="#616161", font=_font(18))
     draw.line([(40, 100), (WIDTH - 40, 100)], fill=FAINT, width=2)
 
-    _bars(draw, (40, 120, WIDTH - 40, 520), "Targets: measured ÷ goal (right of the dashed line = met)",
+    _bars(draw, (40, 120, WIDTH - 40, 520), "Targets: measured ÷ goal, right of the dashed line = met (bars stop at 3)",
           _target_bars(results), reference=1.0, reference_label="goal")
 
     intake = phases.get("intake", {})
@@ -375,7 +378,7 @@ def write_chart(results: dict, path: Path) -> None:
         for key, colour in (("p50_ms", TEAL), ("p99_ms", BLUE)):
             if lv.get(key) is not None:
                 e2e_bars.append((f"{lv['fraction']:.0%} load {key[:3]}", lv[key], colour,
-                                 f"{lv[key]:,.1f} ms · backlog {lv['backlog_end']}"))
+                                 f"{lv[key]:,.1f} ms · backlog {lv['backlog_end']} · {lv['achieved_rps']:,.0f} req/s"))
     _bars(draw, (40, 840, 780, HEIGHT - 30), "End to end, receipt→stored", e2e_bars, reference=100,
           reference_label="100 ms")
 
