@@ -12,11 +12,13 @@ import json
 import math
 import os
 import random
+import resource
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -77,9 +79,12 @@ class Context:
 
     def service_env(self, redis_url: str, database_url: str, **extra: str) -> dict[str, str]:
         """The environment of a service process (gunicorn or worker), as in production."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GUNICORN_", "WEB_CONCURRENCY"))}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("GUNICORN_", "WEB_CONCURRENCY", "PROMETHEUS_MULTIPROC_DIR"))}
+        # Each server and its workers share a metrics folder, as under deploy/launch.py and systemd.
+        metrics = Path(tempfile.mkdtemp(prefix="metrics-", dir=self.workdir))
         env.update(APP_ENV="production", REDIS_URL=redis_url, DATABASE_URL=database_url, PYTHONUNBUFFERED="1",
-                   **self.tokens)
+                   PROMETHEUS_MULTIPROC_DIR=str(metrics), **self.tokens)
         if self.sizes.get("web_workers"):
             env["WEB_CONCURRENCY"] = str(self.sizes["web_workers"])
         env.update(extra)
@@ -270,7 +275,9 @@ def run_wrk(url: str, seconds: float, threads: int, connections: int, *, seed: i
             "-s", str((WRK_DIR / script).relative_to(ROOT)), url, "--", str(seed)]
     if rate_per_thread:
         args.append(f"{rate_per_thread:.3f}")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
     if done.returncode != 0 or line is None:
         raise BenchError(f"wrk failed (exit {done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
@@ -288,6 +295,7 @@ def run_wrk(url: str, seconds: float, threads: int, connections: int, *, seed: i
         "socket_errors": {k: errors[k] for k in ("connect", "read", "write", "timeout")},
         "rps": round(raw["requests"] / seconds_run, 1) if seconds_run else 0.0,
         "latency_ms": {k: round(v, 3) for k, v in latency.items()},
+        "client_cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 3),
     }
 
 
@@ -410,6 +418,25 @@ def rss_kib(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, with_children: bool = True) -> float:
+    """CPU time (user + system) of `pid`, with that of its children it has waited for; 0 once it has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # After the command name: utime, stime, cutime, cstime are fields 14-17 of stat(5), here 11-14.
+    ticks = [int(v) for v in fields[11:15]]
+    return sum(ticks if with_children else ticks[:2]) / CLOCK_TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its live children; children already reaped count through the parent."""
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children(pid))
 
 
 def percentile(values: list[float], p: float) -> float | None:

@@ -15,14 +15,17 @@ import time
 
 from bench.common import WEBHOOK_PATH
 from bench.common import Context
+from bench.common import cpu_seconds
 from bench.common import gunicorn
 from bench.common import redis_server
 from bench.common import rss_kib
 from bench.common import run_wrk
 from bench.common import sqlite_database
+from bench.common import tree_cpu_seconds
 
 
-def _measure(ctx: Context, app: str, env: dict, label: str, log_name: str, stream=None) -> dict:
+def _measure(ctx: Context, app: str, env: dict, label: str, log_name: str, stream=None,
+             redis_pid: int | None = None) -> dict:
     """Warm up, then one timed wrk run against `app`; with `stream` (a Redis client), the accounting too."""
     from workers.queues import DELIVERY_STREAM
 
@@ -37,8 +40,19 @@ def _measure(ctx: Context, app: str, env: dict, label: str, log_name: str, strea
         before = stream.xlen(DELIVERY_STREAM) if stream is not None else None
         ctx.progress(f"intake: {label}: wrk {sizes['intake_seconds']}s "
                      f"(-t{wrk_args['threads']} -c{wrk_args['connections']})")
+        web_cpu, redis_cpu = tree_cpu_seconds(server.process.pid), cpu_seconds(redis_pid) if redis_pid else 0.0
         figures = run_wrk(url, sizes["intake_seconds"], **wrk_args)
+        web_cpu = tree_cpu_seconds(server.process.pid) - web_cpu
+        redis_cpu = (cpu_seconds(redis_pid) if redis_pid else 0.0) - redis_cpu
         time.sleep(0.5)  # requests still in flight when wrk stopped finish now
+        # Where the two cores went, per answered request: a figure that other load on the machine
+        # shifts far less than req/s.
+        per_request = 1000 / max(figures["requests"], 1)
+        figures["cpu_ms_per_request"] = {
+            "web": round(web_cpu * per_request, 3),
+            "redis": round(redis_cpu * per_request, 3) if redis_pid else None,
+            "wrk": round(figures["client_cpu_s"] * per_request, 3),
+        }
         workers = server.worker_pids()
         figures["label"] = label
         figures["web_workers"] = len(workers)
@@ -64,7 +78,7 @@ def _service(ctx: Context, aof: bool, database_url: str) -> dict:
     with redis_server(scratch, aof=aof) as server:
         env = ctx.service_env(server.url, database_url)
         figures = _measure(ctx, "wsgi:app", env, label, f"gunicorn-service-{'aof' if aof else 'no-aof'}.log",
-                           stream=server.client())
+                           stream=server.client(), redis_pid=server.process.pid)
     figures["redis_aof"] = aof
     problems = []
     if figures["non_2xx"]:

@@ -108,8 +108,8 @@ def _intake_md(p: dict) -> list[str]:
     out = [f"wrk `-t{s.get('wrk_threads')} -c{s.get('wrk_connections')} -d{s.get('intake_seconds')}s --latency` "
            f"after a {s.get('intake_warmup')}s warm-up, same `deploy/gunicorn.conf.py` "
            f"({workers} sync workers) for both servers; a fresh taskUUID per request.", "",
-           "| server | req/s | p50 ms | p99 ms | non-2xx | socket errors | ÷ bare |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           "| server | req/s | p50 ms | p99 ms | non-2xx | socket errors | ÷ bare | CPU ms/request: web, Redis, wrk |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     bare = _get(p, "bare", "rps")
     for key in ("bare", "service", "service_aof_off"):
         line = p.get(key)
@@ -117,8 +117,11 @@ def _intake_md(p: dict) -> list[str]:
             continue
         errors = sum(line["socket_errors"].values())
         ratio = line["rps"] / bare if bare else None
+        cpu = line.get("cpu_ms_per_request", {})
+        cpu_text = ", ".join(_num(cpu.get(k), 2) for k in ("web", "redis", "wrk"))
         out.append(f"| {line['label']} | {_num(line['rps'])} | {_num(line['latency_ms']['p50'], 1)} | "
-                   f"{_num(line['latency_ms']['p99'], 1)} | {line['non_2xx']} | {errors} | {_num(ratio, 2)} |")
+                   f"{_num(line['latency_ms']['p99'], 1)} | {line['non_2xx']} | {errors} | {_num(ratio, 2)} | "
+                   f"{cpu_text} |")
     for key in ("service", "service_aof_off"):
         if p.get(key, {}).get("accounting"):
             state = "✅" if p[key]["accounted"] else "❌"
