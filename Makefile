@@ -56,3 +56,8 @@ bench: venv ## run the benchmark suite (bench/README.md); BENCH_ARGS='--quick' o
 			echo "bench: wrk is missing and cannot be installed (needs root and apt-get)" >&2; \
 		fi; }
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+.PHONY: chaos
+CHAOS_ARGS ?=
+chaos: venv ## kill workers, gunicorn workers and Redis at random under load, then check the ledger; CHAOS_ARGS='--quick'
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
