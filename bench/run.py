@@ -40,7 +40,7 @@ SIZES = {
         "drain_deliveries": 100_000, "drain_timeout": 300, "per_job_deliveries": 2_000, "per_job_seconds": 25,
         "e2e_seconds": 60, "e2e_warmup": 3, "e2e_fractions": [0.5, 0.9], "e2e_calibrate_seconds": 5,
         "e2e_drain_wait": 60, "memory_deliveries": 10_000, "memory_load_seconds": 5,
-        "memory_drain_deliveries": 20_000, "submit_timeout": 240, "web_workers": None,
+        "memory_drain_deliveries": 20_000, "submit_timeout": 150, "web_workers": None,
     },
     "quick": {
         "intake_seconds": 5, "intake_warmup": 1, "wrk_threads": 2, "wrk_connections": 32, "aof_off_lines": True,
@@ -57,7 +57,11 @@ SIZES = {
         "memory_drain_deliveries": 300, "submit_timeout": 60, "web_workers": 2,
     },
 }
-"""Sizes per mode. `full` must finish in under 10 minutes on 2 cores."""
+"""Sizes per mode. `full` must finish in under 10 minutes on 2 cores: about 6 minutes without the
+submission figure, which gets at most `submit_timeout` seconds."""
+
+BUDGET_S = 600
+"""A full run longer than this is reported (the issue asks for under 10 minutes)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -236,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.targets_table(results))
     progress(f"done: {_shown(out / 'results.json')}, results.md, results.png")
+    if args.mode == "full" and results["elapsed_s"] > BUDGET_S:
+        progress(f"over budget: the run took {results['elapsed_s']:.0f}s, more than {BUDGET_S}s")
     broken = [n for n, p in results["phases"].items() if p["status"] in ("error", "failed")]
     missed = [t["name"] for t in results["targets"] if t["pass"] is False]
     if broken:

@@ -22,7 +22,7 @@ def results(tmp_path_factory):
     if not shutil.which("redis-server"):
         pytest.skip("redis-server is not on PATH")
     out = tmp_path_factory.mktemp("bench")
-    phases = ["intake", "drain", "endtoend", "submit", "memory"]
+    phases = ["intake", "drain", "endtoend", "memory"]  # submission is bench/submit.py's own figure
     if not shutil.which("wrk"):
         phases = [p for p in phases if p not in NEEDS_WRK]
     run = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--only", ",".join(phases), "--out", str(out)],
@@ -39,7 +39,6 @@ def test_every_phase_asked_for_reports_a_status(results):
         assert phase["status"] in ("ok", "skipped"), (name, phase)
         assert phase["elapsed_s"] >= 0
         assert f"== {name}" in stdout, "progress names each phase"
-    assert data["phases"]["submit"]["status"] in ("ok", "skipped")
 
 
 def test_drain_lines_are_measured_and_accounted(results):
