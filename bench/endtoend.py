@@ -119,8 +119,10 @@ def _level(ctx: Context, url: str, client, database_url: str, fraction: float, m
     latencies, task_count, repeated = _stored_since(database_url, since)
     stored = len(latencies)
     rate = load["rps"]
-    extra = stored - load["ok"]  # answered after wrk stopped counting (at most one per connection)
-    accounted = drain_s is not None and 0 <= extra <= connections and task_count == stored and repeated == 0
+    # Answered after wrk stopped counting: at most one per connection, plus any request wrk gave up on.
+    extra = stored - load["ok"]
+    allowed = connections + sum(load["socket_errors"].values())
+    accounted = drain_s is not None and 0 <= extra <= allowed and task_count == stored and repeated == 0
     figures = {
         "fraction": fraction,
         "target_rps": round(target, 1),

@@ -60,11 +60,11 @@ def _measure(ctx: Context, app: str, env: dict, label: str, log_name: str, strea
         figures["master_rss_kib"] = rss_kib(server.process.pid)
     if stream is not None:
         queued = stream.xlen(DELIVERY_STREAM) - before
-        # wrk stops with up to one request per connection in flight: the server may have
-        # queued those (and answered a closed socket) without wrk counting them.
+        # wrk stops with up to one request per connection in flight, and gives up on a request that
+        # times out or whose socket fails: the server may have queued those without wrk counting them.
         in_flight = queued - figures["ok"]
         figures["queued"] = queued
-        figures["accounted"] = 0 <= in_flight <= figures["connections"]
+        figures["accounted"] = 0 <= in_flight <= figures["connections"] + sum(figures["socket_errors"].values())
         figures["accounting"] = (f"{queued} queued for {figures['ok']} acknowledged "
                                  f"({in_flight} answered after wrk stopped counting)")
     ctx.progress(f"intake: {label}: {figures['rps']:.0f} req/s, p50 {figures['latency_ms']['p50']:.1f} ms, "
