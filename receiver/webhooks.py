@@ -35,6 +35,9 @@ from workers.queues import queue_delivery
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
 
+MAX_REASONS = 100
+"""Reasons for skipped items listed in an answer: a body of 500,000 bad items must not get a 20 MB answer."""
+
 
 def reject(outcome: str, status: int, message: str, **extra):
     """Count a rejected request by its outcome and answer with a JSON error."""
@@ -66,7 +69,7 @@ def receive():
         return reject("bad_json" if exc.status == 400 else "unprocessable", exc.status, exc.message)
     if not results:
         return reject("unprocessable", 422, "no usable item: every item needs a taskUUID that is a UUID",
-                      items=skipped)
+                      items=skipped[:MAX_REASONS], skippedCount=len(skipped))
     started = time.perf_counter()
     try:
         delivery = queue_delivery(redis_client(), body, request.remote_addr, received_at,
@@ -77,5 +80,6 @@ def receive():
         return reject("redis_unavailable", 503, "temporarily unable to queue the delivery; retry later",
                       headers={"Retry-After": str(config.retry_after_seconds)})
     metrics.enqueued(time.perf_counter() - started)
-    body = orjson.dumps({"status": "queued", "delivery": delivery, "items": len(results), "skipped": skipped})
+    body = orjson.dumps({"status": "queued", "delivery": delivery, "items": len(results),
+                         "skipped": skipped[:MAX_REASONS], "skippedCount": len(skipped)})
     return Response(body, status=202, mimetype="application/json")
