@@ -379,3 +379,12 @@ def test_a_job_that_runs_long_hands_over_to_a_successor(engine, redis_url, emula
     assert Queue(SUBMIT_QUEUE, connection=conn).count == 1
     with engine.connect() as conn_db:
         assert conn_db.scalar(sa.text("SELECT count(*) FROM tasks WHERE status = 'queued'")) == 3
+
+
+def test_the_submission_benchmark_runs_and_every_task_is_submitted():
+    from bench.submit import run
+
+    figures = run(20, 5)
+    assert figures["unbatched"]["status"] == figures["batched"]["status"] == "ok"
+    assert (figures["unbatched"]["requests"], figures["batched"]["requests"]) == (20, 4)
+    assert figures["batched"]["tasks_per_s"] > 0
