@@ -61,3 +61,9 @@ bench: venv ## run the benchmark suite (bench/README.md); BENCH_ARGS='--quick' o
 CHAOS_ARGS ?=
 chaos: venv ## kill workers, gunicorn workers and Redis at random under load, then check the ledger; CHAOS_ARGS='--quick'
 	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
+
+.PHONY: fuzz
+FUZZ_REQUESTS ?= 100000
+fuzz: venv ## send FUZZ_REQUESTS (100,000) hostile requests at every route, then drain (tests/test_fuzz.py); FUZZ_SEED=n repeats a run
+	FUZZ_REQUESTS=$(FUZZ_REQUESTS) $(BIN)/python -m pytest "tests/test_fuzz.py::test_generated_requests[sqlite]" \
+		-q -s --timeout 0 $(PYTEST_ARGS)
