@@ -17,7 +17,7 @@ Load, for `--duration` seconds: a submitter posts images to `POST /api/captions`
 a sender posts webhook results for tasks this service never submitted (source external); both
 retry until they get a 2xx, as a client and Runware do. Meanwhile a killer picks, every
 `--kill-every` seconds on average, one of: a persist work horse (mid-job) or a whole persist
-worker, a submit worker, a gunicorn worker, the cron process, or Redis (down 0.5 to 3 s).
+worker, a submit worker, a gunicorn worker, the cron process, or Redis (down 0.5 to 5 s).
 
 Then the killer stops, everything is brought up, and the run waits for the stack to settle: the
 stream drained, the emulator idle, every task final. The ledger accounts for:
@@ -445,7 +445,7 @@ def killer(stack: Stack, stop: threading.Event, every: float, rng: random.Random
 def kill_one(stack: Stack, kind: str, rng: random.Random) -> str | None:
     """Carry out one kill; returns what was killed (a busy-less horse becomes a worker kill)."""
     if kind == "redis":
-        stack.restart_redis(rng.uniform(0.5, 3.0))
+        stack.restart_redis(rng.uniform(0.5, 5.0))
         return "redis"
     if kind == "gunicorn-worker":
         pids = children(stack.web.process.pid)
@@ -457,15 +457,17 @@ def kill_one(stack: Stack, kind: str, rng: random.Random) -> str | None:
             return None
         return kind
     if kind == "persist-horse":
-        busy = [(s, children(s.pid)) for s in stack.named("persist") if s.alive()]
-        busy = [(s, horses) for s, horses in busy if horses]
-        if busy:
-            _, horses = rng.choice(busy)
-            try:
-                os.kill(horses[0], signal.SIGKILL)
-                return kind
-            except ProcessLookupError:
-                pass
+        # A horse runs only while a job does: watch for one for up to two seconds, as a crash mid-job would.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            horses = [pid for s in stack.named("persist") if s.alive() for pid in children(s.pid)]
+            if horses:
+                try:
+                    os.kill(rng.choice(horses), signal.SIGKILL)
+                    return kind
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.02)
         kind = "persist-worker"
     prefix = {"persist-worker": "persist", "submit-worker": "submit", "cron": "cron"}[kind]
     candidates = [s for s in stack.named(prefix) if s.alive()]

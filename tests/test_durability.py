@@ -235,7 +235,7 @@ def test_redis_killed_while_deliveries_flow_recovers_by_itself(stack, aof_redis,
     engine = sa.create_engine(sqlite_url)
     wait_for(lambda: len(ledger(engine)[0]) >= len(sender.acked), timeout=30, what="every task stored")
     assert sender.refused, "the sender saw Redis down"
-    assert len(sender.acked) > 100
+    assert len(sender.acked) > 20
     assert_exactly_once(engine, sender.acked, sender.attempts)
     assert workers.still_the_same() and web.process.pid == master and web.process.poll() is None
     engine.dispose()
@@ -312,6 +312,7 @@ def outage(request, redis_url, tmp_path, monkeypatch):
     proxy.cut()
 
 
+@pytest.mark.timeout(OUTAGE_SECONDS + 240)
 def test_a_database_outage_of_a_minute_loses_nothing_and_resumes(outage, redis_url, tmp_path, monkeypatch):
     url, readable_url, take_database_away = outage
     env = environment(redis_url, url)
