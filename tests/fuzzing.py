@@ -260,7 +260,10 @@ class Tally:
     outcomes: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     accepted: int = 0
+    track_accepted: bool = True
+    """Keep the UUIDs of accepted bodies (the strict check); a long run keeps those of rejected bodies only."""
     accepted_uuids: set[str] = field(default_factory=set)
+    rejected_uuids: set[str] = field(default_factory=set)
 
     def record(self, request: Request, status: int, body: bytes, content_type: str | None) -> None:
         self.sent[request.kind] += 1
@@ -275,7 +278,10 @@ class Tally:
                 self.problem(request, f"answered {status} without a JSON error ({content_type}): {body[:200]!r}")
         if request.is_webhook and 200 <= status < 300:
             self.accepted += 1
-            self.accepted_uuids |= is_uuid_literal(request.body)
+            if self.track_accepted:
+                self.accepted_uuids |= is_uuid_literal(request.body)
+        elif request.is_webhook:
+            self.rejected_uuids |= is_uuid_literal(request.body)
 
     def problem(self, request: Request, what: str) -> None:
         if len(self.problems) < 50:

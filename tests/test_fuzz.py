@@ -90,8 +90,10 @@ def drain_and_check(config: Config, engine: sa.Engine, tally: Tally) -> None:
         assert db.scalar(sa.select(sa.func.count()).select_from(dead_letters)) == 0
         delivered = db.execute(sa.select(tasks.c.task_uuid, tasks.c.status, tasks.c.text, tasks.c.cost)
                                .where(tasks.c.delivery_count > 0)).all()
-    strays = {row.task_uuid for row in delivered} - tally.accepted_uuids
-    assert not strays, f"tasks stored from rejected bodies: {sorted(strays)[:5]}"
+    stored = {row.task_uuid for row in delivered}
+    assert not stored & tally.rejected_uuids - tally.accepted_uuids, "a task named only in a rejected body was stored"
+    if tally.track_accepted:
+        assert stored <= tally.accepted_uuids, f"from no accepted body: {sorted(stored - tally.accepted_uuids)[:5]}"
     for row in delivered:
         assert row.status in ("submitted", "error", "success")
         assert row.status != "success" or row.text is not None
@@ -180,7 +182,8 @@ def test_generated_requests(fuzz_app, config, engine):
     routes = [(rule.rule, set(rule.methods) - {"OPTIONS"}) for rule in fuzz_app.url_map.iter_rules()
               if rule.rule != WEBHOOK]
     generator = HostileRequests(FUZZ_SEED, ALL_TOKENS, config.max_body_bytes, routes)
-    client, tally = fuzz_app.test_client(), Tally()
+    # Bodies of a long run hold millions of UUIDs; each is random, so a rejected body's are in no other.
+    client, tally = fuzz_app.test_client(), Tally(track_accepted=FUZZ_REQUESTS <= 10_000)
     conn = redis.Redis.from_url(config.redis_url)
     started = time.monotonic()
     for _ in range(FUZZ_REQUESTS):
