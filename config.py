@@ -85,7 +85,8 @@ class Config:
     admin_tokens: tuple[str, ...] = ()
     delivery_retention_days: int = 30
     persist_stale_after_ms: int = 15_000
-    # Submission and reconciliation of the tasks this service sends (see SUBMIT_SETTINGS).
+    persist_concurrency: int = 2
+    # Submission and reconciliation of the tasks this service sends.
     submit_batch_size: int = 10
     submit_max_attempts: int = 8
     reconcile_after_seconds: int = 60
@@ -95,7 +96,7 @@ class Config:
     max_submit_body_bytes: int = 64 * 1024 * 1024
     # Standard Webhooks signatures (receiver/signatures.py): required when keys are set.
     webhook_signing_keys: tuple[bytes, ...] = field(default=(), repr=False)
-    webhook_signature_tolerance: int = 300
+    webhook_signature_tolerance_seconds: int = 300
     # Bearer tokens for GET /metrics besides READ_TOKENS (for a Prometheus scraper).
     metrics_tokens: tuple[str, ...] = field(default=(), repr=False)
 
@@ -121,66 +122,49 @@ class Config:
             hint = "set them in the environment" if production else "run `make run` once, or set them"
             raise ConfigError(f"missing settings: {', '.join(missing)} ({hint})")
 
-        try:
-            port = int(env.get("PORT", cls.port))
-            max_body = int(env.get("MAX_BODY_BYTES", cls.max_body_bytes))
-            batch = int(env.get("PERSIST_BATCH_SIZE", cls.persist_batch_size))
-        except ValueError as exc:
-            raise ConfigError(f"PORT, MAX_BODY_BYTES and PERSIST_BATCH_SIZE must be integers: {exc}") from None
-        try:
-            retention = int(env.get("DELIVERY_RETENTION_DAYS", cls.delivery_retention_days))
-            stale = int(env.get("PERSIST_STALE_AFTER_MS", cls.persist_stale_after_ms))
-        except ValueError as exc:
-            raise ConfigError(f"DELIVERY_RETENTION_DAYS and PERSIST_STALE_AFTER_MS must be integers: {exc}") from None
-        try:
-            tolerance = int(env.get("WEBHOOK_SIGNATURE_TOLERANCE_SECONDS", cls.webhook_signature_tolerance))
-        except ValueError as exc:
-            raise ConfigError(f"WEBHOOK_SIGNATURE_TOLERANCE_SECONDS must be an integer: {exc}") from None
-        if tolerance < 1:
-            raise ConfigError("WEBHOOK_SIGNATURE_TOLERANCE_SECONDS must be at least 1")
-        if retention < 1 or stale < 100:
-            raise ConfigError("DELIVERY_RETENTION_DAYS must be at least 1 and PERSIST_STALE_AFTER_MS at least 100")
+        numbers = _integers(env)
         host = env.get("HOST", cls.host)
         return cls(
             app_env=app_env,
             host=host,
-            port=port,
             redis_url=env.get("REDIS_URL") or cls.redis_url,
             database_url=database_url(env.get("DATABASE_URL") or cls.database_url),
             webhook_tokens=_tokens(env.get("WEBHOOK_TOKENS")),
             read_tokens=_tokens(env.get("READ_TOKENS")),
             submit_tokens=_tokens(env.get("SUBMIT_TOKENS")),
-            max_body_bytes=max_body,
-            public_url=(env.get("PUBLIC_URL") or f"http://{host}:{port}").rstrip("/"),
+            public_url=(env.get("PUBLIC_URL") or f"http://{host}:{numbers.get('port', cls.port)}").rstrip("/"),
             runware_api_url=env.get("RUNWARE_API_URL", ""),
             runware_api_key=env.get("RUNWARE_API_KEY", ""),
-            persist_batch_size=batch,
             admin_tokens=_tokens(env.get("ADMIN_TOKENS")),
-            delivery_retention_days=retention,
-            persist_stale_after_ms=stale,
             webhook_signing_keys=signing_keys(env.get("WEBHOOK_SIGNING_SECRETS")),
-            webhook_signature_tolerance=tolerance,
             metrics_tokens=_tokens(env.get("METRICS_TOKENS")),
-            **_submit_settings(env),
+            **numbers,
         )
 
 
-SUBMIT_SETTINGS = {
-    "SUBMIT_BATCH_SIZE": "tasks per Runware request",
-    "SUBMIT_MAX_ATTEMPTS": "times a task is sent before a transient failure becomes final",
-    "RECONCILE_AFTER_SECONDS": "a submitted task without a result is polled with getResponse after this long",
-    "RECONCILE_INTERVAL_SECONDS": "how often the reconcile job runs (rq cron)",
-    "RESULT_DEADLINE_SECONDS": "a submitted task still without a result is failed (code timeout) after this long",
-    "MAX_IMAGE_BYTES": "largest image accepted for captioning, decoded",
-    "MAX_SUBMIT_BODY_BYTES": "largest POST /api/captions body (JSON or multipart)",
+INTEGER_SETTINGS = {
+    "PORT": (1, "where gunicorn listens"),
+    "MAX_BODY_BYTES": (1, "largest webhook body"),
+    "PERSIST_BATCH_SIZE": (1, "deliveries a drain writes per transaction"),
+    "PERSIST_CONCURRENCY": (1, "drains that may run at once under a backlog (run as many persist workers)"),
+    "PERSIST_STALE_AFTER_MS": (100, "a delivery pending this long with a silent drain is claimed by another"),
+    "DELIVERY_RETENTION_DAYS": (1, "days the delivery log is kept"),
+    "WEBHOOK_SIGNATURE_TOLERANCE_SECONDS": (1, "how far a signed webhook's timestamp may be from now"),
+    "SUBMIT_BATCH_SIZE": (1, "tasks per Runware request"),
+    "SUBMIT_MAX_ATTEMPTS": (1, "times a task is sent before a transient failure becomes final"),
+    "RECONCILE_AFTER_SECONDS": (1, "a submitted task without a result is polled with getResponse after this long"),
+    "RECONCILE_INTERVAL_SECONDS": (1, "how often the reconcile job runs (rq cron)"),
+    "RESULT_DEADLINE_SECONDS": (1, "a submitted task still without a result is failed (code timeout) after this long"),
+    "MAX_IMAGE_BYTES": (1, "largest image accepted for captioning, decoded"),
+    "MAX_SUBMIT_BODY_BYTES": (1, "largest POST /api/captions body (JSON or multipart)"),
 }
-"""Integer settings of submission and reconciliation, all positive, with what each means."""
+"""Integer settings: the smallest value each accepts, and what it means. The field is the name in lower case."""
 
 
-def _submit_settings(env: dict[str, str]) -> dict[str, int]:
-    """Read SUBMIT_SETTINGS that are set; raise ConfigError naming a bad one."""
+def _integers(env: dict[str, str]) -> dict[str, int]:
+    """The INTEGER_SETTINGS that are set, as fields; ConfigError names a bad one."""
     values = {}
-    for key in SUBMIT_SETTINGS:
+    for key, (minimum, _) in INTEGER_SETTINGS.items():
         raw = env.get(key, "").strip()
         if not raw:
             continue
@@ -188,7 +172,7 @@ def _submit_settings(env: dict[str, str]) -> dict[str, int]:
             value = int(raw)
         except ValueError:
             raise ConfigError(f"{key} must be an integer, not {raw!r}") from None
-        if value < 1:
-            raise ConfigError(f"{key} must be at least 1, not {value}")
+        if value < minimum:
+            raise ConfigError(f"{key} must be at least {minimum}, not {value}")
         values[key.lower()] = value
     return values

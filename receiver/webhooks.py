@@ -59,7 +59,7 @@ def receive():
         raise
     if config.webhook_signing_keys:
         try:
-            signatures.verify(config.webhook_signing_keys, request.headers, body, config.webhook_signature_tolerance)
+            signatures.verify(config.webhook_signing_keys, request.headers, body, config.webhook_signature_tolerance_seconds)
         except signatures.SignatureError as exc:
             return reject("bad_signature", 401, f"invalid signature: {exc}")
     received_at = utcnow()

@@ -44,8 +44,9 @@ def test_development_defaults_make_a_local_run_work():
 
 @pytest.mark.parametrize("env, fragment", [
     ({"APP_ENV": "staging"}, "APP_ENV"),
-    ({"APP_ENV": "development", **SECRETS, "PORT": "http"}, "integers"),
-    ({"APP_ENV": "development", **SECRETS, "MAX_BODY_BYTES": "1MB"}, "integers"),
+    ({"APP_ENV": "development", **SECRETS, "PORT": "http"}, "PORT must be an integer, not 'http'"),
+    ({"APP_ENV": "development", **SECRETS, "MAX_BODY_BYTES": "1MB"}, "MAX_BODY_BYTES must be an integer"),
+    ({"APP_ENV": "development", **SECRETS, "PERSIST_STALE_AFTER_MS": "10"}, "at least 100, not 10"),
 ])
 def test_bad_values_are_named(env, fragment):
     with pytest.raises(ConfigError, match=fragment):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 import sqlalchemy as sa
+from rq.job import Job
 
 from store.schema import dead_letters
 from store.schema import deliveries
@@ -20,6 +21,7 @@ from workers.persist import to_delivery
 from workers.persist import write
 from workers.queues import DELIVERY_STREAM
 from workers.queues import DRAIN_FLAG
+from workers.queues import drain_flag
 from workers.queues import PERSIST_QUEUE
 
 POISON_TRIGGERS = {
@@ -107,3 +109,20 @@ def test_a_batch_seen_again_after_a_crash_is_stored_once(client, config, engine)
         row = c.execute(sa.select(tasks).where(tasks.c.task_uuid == task)).mappings().one()
     assert row["delivery_count"] == 1
     assert count(engine, deliveries) == 1
+
+
+def test_a_backlog_wakes_a_second_drain_which_stops_when_idle(client, config, engine):
+    for _ in range(30):
+        post(client, wrapped(success(new_uuid())))
+    conn = redis.Redis.from_url(config.redis_url)
+    conn.delete(f"rq:queue:{PERSIST_QUEUE}")  # the drain the first POST enqueued: run it here instead
+
+    stored = Drainer(conn, engine, batch_size=10, concurrency=2).run()
+
+    assert stored == 30
+    jobs = [Job.fetch(job_id.decode(), connection=conn) for job_id in conn.lrange(f"rq:queue:{PERSIST_QUEUE}", 0, -1)]
+    assert [job.kwargs for job in jobs] == [{"slot": 1}], "a full batch enqueued one drain for slot 1"
+    assert conn.exists(drain_flag(1))
+    run_worker(config.redis_url, PERSIST_QUEUE)
+    assert not conn.exists(drain_flag(1)), "the extra drain cleared its flag when it found no work"
+    assert count(engine, tasks) == 30

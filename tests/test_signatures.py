@@ -113,7 +113,7 @@ def test_secrets_stay_out_of_the_config_repr():
     env = {"APP_ENV": "development", "WEBHOOK_TOKENS": "w", "READ_TOKENS": "r", "SUBMIT_TOKENS": "s",
            "WEBHOOK_SIGNING_SECRETS": NEW_SECRET, "WEBHOOK_SIGNATURE_TOLERANCE_SECONDS": "60", "METRICS_TOKENS": "m1"}
     config = Config.from_env(env)
-    assert config.webhook_signature_tolerance == 60 and config.metrics_tokens == ("m1",)
+    assert config.webhook_signature_tolerance_seconds == 60 and config.metrics_tokens == ("m1",)
     assert "webhook_signing_keys" not in repr(config) and "m1" not in repr(config)
 
 

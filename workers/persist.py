@@ -39,6 +39,7 @@ from workers.queues import DELIVERY_GROUP
 from workers.queues import DELIVERY_STREAM
 from workers.queues import DRAIN_FLAG
 from workers.queues import DRAIN_FLAG_TTL
+from workers.queues import drain_flag
 from workers.queues import connect
 from workers.queues import enqueue_drain
 
@@ -171,8 +172,12 @@ def write_with_retry(engine: sa.Engine, batch: list[Delivery], keep_alive) -> in
 class Drainer:
     """One drain job's reading position and identity in the consumer group."""
 
-    def __init__(self, conn: redis.Redis, engine: sa.Engine, batch_size: int, stale_after_ms: int = STALE_AFTER_MS):
+    def __init__(self, conn: redis.Redis, engine: sa.Engine, batch_size: int, stale_after_ms: int = STALE_AFTER_MS,
+                 slot: int = 0, concurrency: int = 1):
         self.conn = conn
+        self.slot = slot
+        self.flag = drain_flag(slot)
+        self.concurrency = concurrency
         self.engine = engine
         self.batch_size = batch_size
         self.stale_after_ms = stale_after_ms
@@ -201,13 +206,13 @@ class Drainer:
         pipe = self.conn.pipeline(transaction=True)
         pipe.xack(DELIVERY_STREAM, DELIVERY_GROUP, *ids)
         pipe.xdel(DELIVERY_STREAM, *ids)
-        pipe.expire(DRAIN_FLAG, DRAIN_FLAG_TTL)
+        pipe.expire(self.flag, DRAIN_FLAG_TTL)
         pipe.execute()
 
     def keep_alive(self) -> None:
         """Show this drain is alive: refresh the flag and reset the idle time of the entries in hand."""
         pipe = self.conn.pipeline(transaction=False)
-        pipe.expire(DRAIN_FLAG, DRAIN_FLAG_TTL)
+        pipe.expire(self.flag, DRAIN_FLAG_TTL)
         if self.in_hand:
             pipe.xclaim(DELIVERY_STREAM, DELIVERY_GROUP, self.consumer, 0, self.in_hand, justid=True)
         try:
@@ -215,20 +220,37 @@ class Drainer:
         except redis.RedisError as exc:  # the batch is still worth writing; acknowledging it will tell
             log.warning("could not refresh the drain's claim: %s", type(exc).__name__)
 
+    def scale_out(self) -> None:
+        """A full batch means a backlog: wake the next drain slot, up to PERSIST_CONCURRENCY."""
+        nxt = self.slot + 1
+        if nxt < self.concurrency and self.conn.set(drain_flag(nxt), 1, nx=True, ex=DRAIN_FLAG_TTL):
+            enqueue_drain(self.conn, nxt)
+
     def run(self, hand_over_after: float = HAND_OVER_AFTER_S) -> int:
-        """Drain until the stream is empty or it is time to hand over. Returns deliveries stored."""
+        """Drain until the stream is empty or it is time to hand over. Returns deliveries stored.
+
+        Slot 0 guarantees progress (see the flag dance below); the drains that join
+        it under a backlog simply stop, clearing their own flag, when idle or due.
+        """
         ensure_group(self.conn)
         deadline = time.monotonic() + hand_over_after
         while True:
             entries = self.read(IDLE_BLOCK_MS)
+            if len(entries) == self.batch_size:
+                self.scale_out()
+            if self.slot and (not entries or time.monotonic() > deadline):
+                if entries:
+                    self.persist(entries)
+                self.conn.delete(self.flag)
+                return self.stored
             if not entries:
                 # Clear the flag, then look once more: a delivery added before the clear
                 # is seen here; one added after it sets the flag and enqueues a new drain.
-                self.conn.delete(DRAIN_FLAG)
+                self.conn.delete(self.flag)
                 entries = self.read(None)
                 if not entries:
                     return self.stored
-                if not self.conn.set(DRAIN_FLAG, 1, nx=True, ex=DRAIN_FLAG_TTL):
+                if not self.conn.set(self.flag, 1, nx=True, ex=DRAIN_FLAG_TTL):
                     self.persist(entries)
                     return self.stored
             self.persist(entries)
@@ -237,11 +259,11 @@ class Drainer:
                 return self.stored
 
 
-def drain(hand_over_after: float = HAND_OVER_AFTER_S) -> int:
+def drain(hand_over_after: float = HAND_OVER_AFTER_S, slot: int = 0) -> int:
     """RQ job: persist queued deliveries in batches. Returns how many deliveries were stored."""
     config = Config.from_env()
     drainer = Drainer(connect(config.redis_url), engine_for(config.database_url), config.persist_batch_size,
-                      config.persist_stale_after_ms)
+                      config.persist_stale_after_ms, slot, config.persist_concurrency)
     stored = drainer.run(hand_over_after)
     log.info("drain stored %d deliveries", stored, extra={"stored": stored})
     return stored

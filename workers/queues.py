@@ -44,10 +44,16 @@ def connect(url: str, timeout: float | None = 5.0) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=2, health_check_interval=30)
 
 
-def enqueue_drain(conn: redis.Redis) -> None:
-    """Enqueue a drain job (the caller holds the flag)."""
+def drain_flag(slot: int = 0) -> str:
+    """The flag of drain `slot`: 0 is the drain every delivery wants; 1, 2, … join it under a backlog."""
+    return DRAIN_FLAG if slot == 0 else f"{DRAIN_FLAG}:{slot}"
+
+
+def enqueue_drain(conn: redis.Redis, slot: int = 0) -> None:
+    """Enqueue a drain job for `slot` (the caller holds that slot's flag)."""
     Queue(PERSIST_QUEUE, connection=conn).enqueue(
-        DRAIN_JOB, job_timeout=DRAIN_JOB_TIMEOUT, result_ttl=0, failure_ttl=7 * 86400
+        DRAIN_JOB, kwargs={"slot": slot} if slot else None,
+        job_timeout=DRAIN_JOB_TIMEOUT, result_ttl=0, failure_ttl=7 * 86400,
     )
 
 
