@@ -150,10 +150,12 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """Over the Unix socket, as `make run` connects to its private Redis."""
+        return f"unix://{self.dir / 'redis.sock'}?db=0"
 
     def start(self) -> RedisServer:
-        args = ["redis-server", str(ROOT / "deploy" / "redis.conf"), "--port", str(self.port), "--dir", str(self.dir)]
+        args = ["redis-server", str(ROOT / "deploy" / "redis.conf"), "--port", str(self.port), "--dir", str(self.dir),
+                "--unixsocket", str(self.dir / "redis.sock"), "--unixsocketperm", "700"]
         if not self.aof:
             args += ["--appendonly", "no"]
         self.log = open(self.dir / "redis.log", "wb")

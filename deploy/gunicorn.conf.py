@@ -55,6 +55,12 @@ keepalive = 2
 max_requests = 5000
 max_requests_jitter = 500
 
+# Import the app once, in the master: a worker (first, or recycled by
+# max_requests) starts by forking instead of importing everything again, and
+# the workers share those pages. Clients (Redis, SQLAlchemy) connect lazily, in
+# each worker. Reload code with a new master (USR2), not HUP.
+preload_app = True
+
 # Request size limits (the body limit is MAX_BODY_BYTES, enforced by the app and by nginx).
 limit_request_line = 4094
 limit_request_fields = 50

@@ -120,6 +120,9 @@ def start_redis(env: dict[str, str]) -> subprocess.Popen:
     stop_stale_redis(pidfile)
     cmd = ["redis-server", str(conf), "--port", str(port), "--bind", "127.0.0.1"]
     cmd += ["--dir", str(data), "--logfile", str(log), "--pidfile", str(pidfile)]
+    # The service talks to it over a Unix socket: a round trip costs less CPU than over TCP.
+    sock = data / "redis.sock"
+    cmd += ["--unixsocket", str(sock), "--unixsocketperm", "700"]
     # A session of its own: the terminal's Ctrl-C goes to us, and Redis is stopped
     # last, after the workers have finished their jobs.
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -129,8 +132,9 @@ def start_redis(env: dict[str, str]) -> subprocess.Popen:
             stop(proc)
             sys.exit(f"redis-server did not start; see {log}")
         time.sleep(0.05)
-    env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-    print(f"launch: private redis-server on 127.0.0.1:{port} (data in {data.relative_to(ROOT)}/)", flush=True)
+    env["REDIS_URL"] = f"unix://{sock}?db=0"
+    print(f"launch: private redis-server on {sock.relative_to(ROOT)} and 127.0.0.1:{port}"
+          f" (data in {data.relative_to(ROOT)}/)", flush=True)
     return proc
 
 
