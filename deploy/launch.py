@@ -184,6 +184,8 @@ def processes(env: dict[str, str]) -> dict[str, str]:
     if not (ROOT / "workers" / "schedule.py").exists() and not (ROOT / "workers" / "schedule").is_dir():
         print("launch: workers/schedule.py not found; running without the cron process", flush=True)
         procs.pop("cron", None)
+    for n in range(2, int(env.get("PERSIST_CONCURRENCY", "2")) + 1):
+        procs[f"persist{n}"] = procs["persist"]  # one worker per drain that may run at once
     if not env.get("RUNWARE_API_KEY"):
         port = free_port(EMULATOR_PORT)
         env["RUNWARE_API_URL"] = f"http://127.0.0.1:{port}/v1"
@@ -221,11 +223,31 @@ def local_url(env: dict[str, str]) -> str:
 
 
 def after_ready(env: dict[str, str]) -> None:
-    """Runs once the stack answers /readyz: print the banner (URLs, tokens, sample requests).
+    """Runs once the stack answers /readyz: the banner (URLs, tokens, sample requests), then the samples.
 
-    The one place where tokens are printed. Later additions (submitting samples,
-    a table of captions) belong here.
+    The one place where tokens are printed.
     """
+    banner(env)
+    caption_samples(env)
+
+
+def caption_samples(env: dict[str, str]) -> None:
+    """Caption the images in samples/ through the running stack, printing each caption and cost as it lands."""
+    print("Captioning the sample images (samples/) through the service:\n", flush=True)
+    command = [sys.executable, "-m", "flask", "--app", "wsgi", "captions", "submit", "samples", "--wait"]
+    subprocess.run(command, cwd=ROOT, env=env)
+    base, tok = local_url(env), tokens(env)
+    lines = [
+        f"Dashboard:     {base}/dashboard   (sign in with the read token)",
+        f"Task list:     curl -sS -H 'Authorization: Bearer {tok['READ_TOKENS']}' {base}/api/tasks",
+        f"Totals:        curl -sS -H 'Authorization: Bearer {tok['READ_TOKENS']}' {base}/api/stats",
+        f"Your images:   .venv/bin/flask --app wsgi captions submit PATH_OR_URL... --wait",
+    ]
+    print("\n".join(["", *lines, ""]), flush=True)
+
+
+def banner(env: dict[str, str]) -> None:
+    """URLs, tokens and a curl line to post a result and one to read it back."""
     base, tok, task = local_url(env), tokens(env), str(uuid.uuid4())
     body = json.dumps({"data": [{"taskType": "imageCaption", "taskUUID": task, "text": "a caption", "cost": 0.0019}]})
     webhook = f"{base}/webhooks/runware?token={tok['WEBHOOK_TOKENS']}"
