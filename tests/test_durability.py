@@ -175,6 +175,34 @@ def assert_exactly_once(engine, acked: dict[str, str], retries: dict[str, int] |
 
 
 @pytest.fixture
+def engines():
+    """Make engines (`engines(url)`) that are disposed of after the test, whatever its outcome."""
+    made: list[sa.Engine] = []
+
+    def make(url: str, engine: sa.Engine | None = None) -> sa.Engine:
+        made.append(engine or sa.create_engine(url))
+        return made[-1]
+
+    yield make
+    for engine in made:
+        engine.dispose()
+
+
+@pytest.fixture
+def make_client():
+    """`make_client()`: a test client of the app built from the environment as the test has set it."""
+    apps = []
+
+    def make():
+        apps.append(create_app())
+        return apps[-1].test_client()
+
+    yield make
+    for app in apps:
+        app.extensions["redis"].close()
+
+
+@pytest.fixture
 def aof_redis():
     server = ProjectRedisServer()
     server.start()
@@ -197,7 +225,7 @@ def stack(aof_redis, sqlite_url, tmp_path, monkeypatch):
     web.stop()
 
 
-def test_redis_killed_keeps_every_acknowledged_delivery(stack, aof_redis, sqlite_url):
+def test_redis_killed_keeps_every_acknowledged_delivery(stack, aof_redis, sqlite_url, engines):
     env, web, workers = stack
     sender = Sender(web.url)
     with requests.Session() as session:
@@ -212,13 +240,12 @@ def test_redis_killed_keeps_every_acknowledged_delivery(stack, aof_redis, sqlite
     in_stream = {entry_id.decode() for entry_id, _ in conn.xrange(DELIVERY_STREAM)}
     assert set(sender.acked.values()) <= in_stream, "every acknowledged delivery survived the crash"
     workers.start()
-    engine = sa.create_engine(sqlite_url)
+    engine = engines(sqlite_url)
     wait_for(lambda: conn.xlen(DELIVERY_STREAM) == 0, timeout=60, what="the stream to drain")
     assert_exactly_once(engine, sender.acked)
-    engine.dispose()
 
 
-def test_redis_killed_while_deliveries_flow_recovers_by_itself(stack, aof_redis, sqlite_url):
+def test_redis_killed_while_deliveries_flow_recovers_by_itself(stack, aof_redis, sqlite_url, engines):
     env, web, workers = stack
     workers.start()
     master = web.process.pid
@@ -232,16 +259,15 @@ def test_redis_killed_while_deliveries_flow_recovers_by_itself(stack, aof_redis,
 
     conn = redis.Redis.from_url(env["REDIS_URL"])
     wait_for(lambda: conn.xlen(DELIVERY_STREAM) == 0, timeout=60, what="the stream to drain")
-    engine = sa.create_engine(sqlite_url)
+    engine = engines(sqlite_url)
     wait_for(lambda: len(ledger(engine)[0]) >= len(sender.acked), timeout=30, what="every task stored")
     assert sender.refused, "the sender saw Redis down"
     assert len(sender.acked) > 20
     assert_exactly_once(engine, sender.acked, sender.attempts)
     assert workers.still_the_same() and web.process.pid == master and web.process.poll() is None
-    engine.dispose()
 
 
-def test_redis_down_answers_503_then_recovers_without_a_restart(stack, aof_redis, sqlite_url):
+def test_redis_down_answers_503_then_recovers_without_a_restart(stack, aof_redis, sqlite_url, engines):
     env, web, workers = stack
     workers.start()
     master = web.process.pid
@@ -262,12 +288,11 @@ def test_redis_down_answers_503_then_recovers_without_a_restart(stack, aof_redis
     again = requests.post(url, data=wrapped(success(during)), headers=headers, timeout=15)
     assert again.status_code == 202
     assert requests.get(f"{web.url}/readyz", timeout=5).status_code == 200
-    engine = sa.create_engine(sqlite_url)
+    engine = engines(sqlite_url)
     wait_for(lambda: {before, during} <= set(ledger(engine)[0]), timeout=60, what="both results stored")
     stored, logged = ledger(engine)
     assert logged == {before: 1, during: 1} and stored[during]["delivery_count"] == 1
     assert workers.still_the_same() and web.process.pid == master
-    engine.dispose()
 
 
 # -- the database down -------------------------------------------------------------------------
@@ -313,15 +338,15 @@ def outage(request, redis_url, tmp_path, monkeypatch):
 
 
 @pytest.mark.timeout(OUTAGE_SECONDS + 240)
-def test_a_database_outage_of_a_minute_loses_nothing_and_resumes(outage, redis_url, tmp_path, monkeypatch):
+def test_a_database_outage_of_a_minute_loses_nothing_and_resumes(outage, redis_url, tmp_path, monkeypatch, engines,
+                                                                  make_client):
     url, readable_url, take_database_away = outage
     env = environment(redis_url, url)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     workers = Workers(env, tmp_path).start()
-    app = create_app()
-    client = app.test_client()
-    engine = sa.create_engine(readable_url)
+    client = make_client()
+    engine = engines(readable_url)
     conn = redis.Redis.from_url(redis_url)
     acked: dict[str, str] = {}
 
@@ -348,23 +373,21 @@ def test_a_database_outage_of_a_minute_loses_nothing_and_resumes(outage, redis_u
         assert workers.still_the_same(), "nothing was restarted"
     finally:
         workers.stop()
-        app.extensions["redis"].close()
-        engine.dispose()
 
 
-def test_an_outage_longer_than_the_retry_budget_is_resumed_by_the_sweep(outage, redis_url, monkeypatch):
+def test_an_outage_longer_than_the_retry_budget_is_resumed_by_the_sweep(outage, redis_url, monkeypatch, engines,
+                                                                        make_client):
     url, readable_url, take_database_away = outage
     for key, value in environment(redis_url, url).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(persist, "DB_RETRY_DELAYS", (0.2, 0.2))
     conn = redis.Redis.from_url(redis_url)
-    app = create_app()
-    client = app.test_client()
+    client = make_client()
     uuids = [new_uuid() for _ in range(20)]
     for task in uuids:
         post(client, wrapped(success(task)))
 
-    drain_engine = create_engine(url)
+    drain_engine = engines(url, create_engine(url))
     if url.startswith("sqlite"):  # give up on the lock at once, not after the usual 10 s
         sa.event.listen(drain_engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA busy_timeout=100"))
     with take_database_away():
@@ -378,10 +401,6 @@ def test_an_outage_longer_than_the_retry_budget_is_resumed_by_the_sweep(outage, 
     run_worker(redis_url, PERSIST_QUEUE)
 
     assert conn.xlen(DELIVERY_STREAM) == 0
-    engine = sa.create_engine(readable_url)
-    with engine.connect() as c:
+    with engines(readable_url).connect() as c:
         counts = dict(c.execute(sa.select(tasks.c.task_uuid, tasks.c.delivery_count)).all())
     assert counts == {task: 1 for task in uuids}
-    app.extensions["redis"].close()
-    engine.dispose()
-    drain_engine.dispose()
