@@ -234,7 +234,9 @@ def after_ready(env: dict[str, str]) -> None:
 def caption_samples(env: dict[str, str]) -> None:
     """Caption the images in samples/ through the running stack, printing each caption and cost as it lands."""
     print("Captioning the sample images (samples/) through the service:\n", flush=True)
-    command = [sys.executable, "-m", "flask", "--app", "wsgi", "captions", "submit", "samples", "--wait"]
+    images = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "samples").iterdir()
+                    if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    command = [sys.executable, "-m", "flask", "--app", "wsgi", "captions", "submit", *images, "--wait"]
     subprocess.run(command, cwd=ROOT, env=env)
     base, tok = local_url(env), tokens(env)
     lines = [
