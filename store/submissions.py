@@ -93,8 +93,8 @@ def _due(now: datetime) -> sa.ColumnElement:
 
 def _claim(conn: sa.Connection, where: sa.ColumnElement, order: sa.ColumnElement, limit: int,
            values: dict, returning: tuple) -> list[sa.Row]:
-    """Lease up to `limit` rows matching `where`: one UPDATE … RETURNING, rows locked or skipped."""
-    pick = sa.select(tasks.c.task_uuid).where(where).order_by(order).limit(limit)
+    """Lease up to `limit` rows matching `where`, first by `order` (then taskUUID): one UPDATE … RETURNING."""
+    pick = sa.select(tasks.c.task_uuid).where(where).order_by(order, tasks.c.task_uuid).limit(limit)
     if conn.dialect.name == "postgresql":
         # Materialised, so the LIMIT applies once: as a plain IN subquery, PostgreSQL may
         # rescan it per row of a semi-join and lease far more than `limit` rows.
@@ -107,7 +107,7 @@ def _claim(conn: sa.Connection, where: sa.ColumnElement, order: sa.ColumnElement
 
 
 def claim_queued(conn: sa.Connection, limit: int, lease_seconds: float, now: datetime | None = None) -> list[Claimed]:
-    """Claim up to `limit` due queued tasks, oldest first, for `lease_seconds`."""
+    """Claim up to `limit` due queued tasks, oldest first (tasks stored together: by taskUUID), for `lease_seconds`."""
     now = now or utcnow()
     rows = _claim(
         conn,
@@ -119,7 +119,7 @@ def claim_queued(conn: sa.Connection, limit: int, lease_seconds: float, now: dat
         (tasks.c.task_uuid, tasks.c.input_ref, tasks.c.model, tasks.c.include_cost, tasks.c.delivery_method,
          tasks.c.submit_attempts, tasks.c.created_at),
     )
-    rows.sort(key=lambda r: r.created_at)
+    rows.sort(key=lambda r: (r.created_at, r.task_uuid))
     return [Claimed(r.task_uuid, r.input_ref, r.model, r.include_cost is not False, r.delivery_method or "async",
                     r.submit_attempts) for r in rows]
 

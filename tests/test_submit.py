@@ -181,7 +181,7 @@ def test_async_tasks_are_sent_with_the_webhook_and_become_submitted(engine, emul
     before = utcnow()
     submitter(engine, config, session).run(batch_size=10)
     [sent] = session.sent
-    assert [t["taskUUID"] for t in sent] == uuids
+    assert sorted(t["taskUUID"] for t in sent) == sorted(uuids)
     assert all(t["webhookURL"] == f"{config.public_url}/webhooks/runware?token=hook-old" for t in sent)
     assert all(t["includeCost"] is True and t["deliveryMethod"] == "async" for t in sent)
     for row in rows(engine, uuids).values():
@@ -207,7 +207,7 @@ def test_tasks_go_in_batches_of_the_configured_size(engine, emulator, use_runwar
     session = Counting()
     submitter(engine, config, session).run(batch_size=config.submit_batch_size)
     assert [len(batch) for batch in session.sent] == [4, 4, 2]
-    assert [t["taskUUID"] for batch in session.sent for t in batch] == uuids
+    assert [t["taskUUID"] for batch in session.sent for t in batch] == sorted(uuids), "stored together: by UUID"
     assert {r.status for r in rows(engine).values()} == {"submitted"}
 
 
