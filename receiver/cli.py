@@ -107,7 +107,7 @@ def wait_for_results(task_uuids: list[str], timeout: float, interval: float) -> 
 
 
 @cli.command("submit")
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1, required=True, metavar="PATH_OR_URL...")
 @click.option("--model", help="AIR ID of the caption model (default: Runware's)")
 @click.option("--cost/--no-cost", "include_cost", default=True, show_default=True, help="ask Runware for the cost")
 @click.option("--delivery", type=click.Choice(["async", "sync"]), default="async", show_default=True,
