@@ -19,6 +19,8 @@ from PIL import Image
 from rq import Queue
 from rq.registry import ScheduledJobRegistry
 
+from config import Config
+from config import ConfigError
 from store import submissions
 from store.results import Result
 from store.results import apply_results
@@ -388,3 +390,22 @@ def test_the_submission_benchmark_runs_and_every_task_is_submitted():
     assert figures["unbatched"]["status"] == figures["batched"]["status"] == "ok"
     assert (figures["unbatched"]["requests"], figures["batched"]["requests"]) == (20, 4)
     assert figures["batched"]["tasks_per_s"] > 0
+
+
+def test_tasks_are_accepted_while_redis_is_down_and_reconcile_restarts_them(client, engine, redis_server):
+    redis_server.stop()
+    response = post_json(client, {"images": [data_uri()]})
+    assert response.status_code == 202, "the tasks are safe in the store; reconcile enqueues their submit job"
+    assert {r.status for r in rows(engine).values()} == {"queued"}
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("SUBMIT_BATCH_SIZE", "ten", "SUBMIT_BATCH_SIZE must be an integer, not 'ten'"),
+    ("RESULT_DEADLINE_SECONDS", "0", "RESULT_DEADLINE_SECONDS must be at least 1, not 0"),
+])
+def test_submission_settings_are_checked(config, monkeypatch, name, value, message):
+    assert (config.submit_batch_size, config.reconcile_after_seconds, config.result_deadline_seconds,
+            config.max_image_bytes) == (10, 60, 900, 10 * 1024 * 1024)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        Config.from_env()
