@@ -322,10 +322,8 @@ def test_claims_skip_tasks_another_transaction_holds(engine):
         assert len(submissions.claim_queued(conn, 10, 300, now=later)) == 6, "a lapsed claim is taken again"
 
 
-@pytest.mark.postgres
-def test_postgres_claims_skip_locked_rows(engine, database_url):
-    if not database_url.startswith("postgresql"):
-        pytest.skip("row locks are PostgreSQL's")
+@pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_postgres_claims_skip_locked_rows(engine):
     uuids = queue(engine, 6)
     with engine.connect() as holder:
         holder.begin()
