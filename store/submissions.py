@@ -13,7 +13,7 @@ A submitted task's life in the `tasks` table:
 4. `claim_polls` takes submitted tasks whose result is overdue, with the same
    lease, and `schedule_polls` sets each one's next poll (backoff);
    `overdue` lists those past the deadline.
-5. `clear_inputs` drops the image of every task in a final state.
+5. `clear_inputs` drops the image of tasks in a final state.
 
 `next_poll_at` is thus "when a job should next look at this task": the end of a
 claim for a queued task, the next getResponse for a submitted one.
@@ -198,14 +198,23 @@ def overdue(conn: sa.Connection, deadline_seconds: float, now: datetime | None =
     return list(conn.scalars(stmt))
 
 
-def clear_inputs(conn: sa.Connection, task_uuids: Iterable[str] | None = None) -> int:
-    """Drop the stored image of tasks in a final state (of `task_uuids`, or all). Returns how many."""
+def clear_inputs(conn: sa.Connection, task_uuids: Iterable[str] | None = None,
+                 since: datetime | None = None) -> int:
+    """Drop the stored image of finished tasks: of `task_uuids`, or of those updated `since`. Returns how many.
+
+    The sweep by time reads only recently changed rows (index on `updated_at`),
+    not every finished task ever stored.
+    """
     where = [tasks.c.status.in_(FINAL_STATUSES), tasks.c.input_ref.is_not(None)]
     if task_uuids is not None:
         uuids = list(task_uuids)
         if not uuids:
             return 0
         where.append(tasks.c.task_uuid.in_(uuids))
+    elif since is not None:
+        where.append(tasks.c.updated_at >= since)
+    else:
+        raise ValueError("clear_inputs needs task_uuids or since")
     return conn.execute(tasks.update().where(*where).values(input_ref=None)).rowcount
 
 

@@ -113,7 +113,7 @@ def test_every_task_reaches_one_final_state_and_the_spend_adds_up(stack, engine,
     time.sleep(0.5)  # late duplicate webhooks still in flight
     run_worker(redis_url, PERSIST_QUEUE)
     with engine.begin() as conn:  # what reconcile's housekeeping does for tasks finished by late webhooks
-        clear_inputs(conn)
+        clear_inputs(conn, uuids)
 
     truth = {t["taskUUID"]: t for t in requests.get(f"{emulator_url}/_emulator/tasks", timeout=10).json()["tasks"]}
     stored = rows(engine, uuids)

@@ -12,8 +12,9 @@ Run on a schedule (`workers/schedule.py`, every `RECONCILE_INTERVAL_SECONDS`):
 2. Deadline: a task still submitted `RESULT_DEADLINE_SECONDS` after it was sent
    is polled once more and, if still without a result, fails with code
    `timeout`. A result that arrives later still wins (success outranks error).
-3. Housekeeping: the stored image of every finished task is dropped, and a
-   submit job is enqueued if queued tasks are waiting with none on the way.
+3. Housekeeping: the stored image of every task finished in the last day
+   (`INPUT_SWEEP_WINDOW`; webhooks finish tasks without this job) is dropped,
+   and a submit job is enqueued if queued tasks wait with none on the way.
 
 A transient Runware failure is raised after the tasks' next polls are
 scheduled, so RQ records the failed run; the next scheduled run tries again.
@@ -61,6 +62,10 @@ POLL_BACKOFF_CAP_S = 300.0
 
 MAX_POLLS_PER_RUN = 5000
 """Tasks one run polls at most (the next run goes on)."""
+
+INPUT_SWEEP_WINDOW = timedelta(days=1)
+"""Finished tasks updated this recently have their stored image dropped (a task finished
+while reconciliation was stopped for longer keeps it)."""
 
 
 @dataclass
@@ -157,14 +162,15 @@ class Reconciler:
             self.store({**found, **timeouts})
             self.counts.found -= len(timeouts)
             self.counts.timed_out += len(timeouts)
-            log.warning("%d tasks failed with timeout (no result %ds after submission)", len(timeouts), deadline)
+            if timeouts:
+                log.warning("%d tasks failed with timeout (no result %ds after submission)", len(timeouts), deadline)
 
     def run(self, now: datetime | None = None) -> RunwareError | None:
         now = now or utcnow()
         error = self.poll_due(now)
         self.expire(now)
         with self.engine.begin() as conn:
-            self.counts.inputs_cleared = submissions.clear_inputs(conn)
+            self.counts.inputs_cleared = submissions.clear_inputs(conn, since=now - INPUT_SWEEP_WINDOW)
         return error
 
 
