@@ -96,9 +96,11 @@ def chromium():
 def server(config):
     env = {"APP_ENV": "development", "REDIS_URL": config.redis_url, "DATABASE_URL": config.database_url, **TOKENS}
     gunicorn = Gunicorn(env, workers=2)
-    gunicorn.start()
-    yield gunicorn
-    gunicorn.stop()
+    try:
+        gunicorn.start()
+        yield gunicorn
+    finally:
+        gunicorn.stop()
 
 
 def fresh_task(n: int, when, **values) -> dict:
