@@ -152,3 +152,23 @@ def test_redis_down_is_503_with_retry_after_then_recovers(client, config, engine
     run_worker(config.redis_url, PERSIST_QUEUE)
     row = stored(engine, task)
     assert row["status"] == "success" and row["delivery_count"] == 1
+
+
+def test_a_task_repeated_in_one_body_counts_once(client, config, engine):
+    task = new_uuid()
+    body = wrapped(success(task, text="first"), success(task, text="second"), errors=(failure(task),))
+    response = post(client, body)
+    assert response.status_code == 202
+    assert response.json["items"] == 1
+    assert response.json["skipped"] == ["item 1: repeats the taskUUID of an earlier item with another result; "
+                                         "the first is kept"]
+    run_worker(config.redis_url, PERSIST_QUEUE)
+    row = stored(engine, task)
+    assert (row["text"], row["delivery_count"]) == ("first", 1)
+
+
+def test_reasons_for_skipped_items_are_bounded(client):
+    body = orjson.dumps({"data": [success(new_uuid()), *({"taskUUID": "x"} for _ in range(5000))]})
+    skipped = post(client, body).json["skipped"]
+    assert len(skipped) == 101
+    assert skipped[-1] == "and 4900 more items skipped"

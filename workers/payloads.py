@@ -16,10 +16,16 @@ from decimal import Decimal
 import orjson
 
 from store.results import Result
+from store.schema import STATUSES
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 MAX_COST_USD = 1_000_000
 """A cost above this is taken for garbage, not a price."""
+
+MAX_REASONS = 100
+"""Reasons for skipped items listed per body: 500,000 bad items must not make a 20 MB answer or log row."""
+
+RANK = {status: rank for rank, status in enumerate(STATUSES)}
 
 
 class PayloadError(ValueError):
@@ -119,12 +125,38 @@ def to_result(item: object, is_error: bool, received_at: datetime) -> Result:
 
 
 def parse(raw: bytes, received_at: datetime) -> tuple[list[Result], list[str]]:
-    """All results of a body, and a reason for each item skipped. Raises PayloadError."""
+    """The results of a body, one per taskUUID, and why items were skipped. Raises PayloadError.
+
+    An item repeating an earlier item's taskUUID counts once, as the store's merge
+    would settle it (the higher status wins; the first among equals). Reasons
+    are listed up to MAX_REASONS, then counted, so a huge bad body costs little.
+    """
     results: list[Result] = []
+    where: dict[str, int] = {}
     skipped: list[str] = []
+    unlisted = 0
+
+    def skip(reason: str) -> None:
+        nonlocal unlisted
+        if len(skipped) < MAX_REASONS:
+            skipped.append(reason)
+        else:
+            unlisted += 1
+
     for n, (item, is_error) in enumerate(items(decode(raw))):
         try:
-            results.append(to_result(item, is_error, received_at))
+            result = to_result(item, is_error, received_at)
         except InvalidItem as exc:
-            skipped.append(f"item {n}: {exc}")
+            skip(f"item {n}: {exc}")
+            continue
+        earlier = where.get(result.task_uuid)
+        if earlier is None:
+            where[result.task_uuid] = len(results)
+            results.append(result)
+        elif RANK[result.status] > RANK[results[earlier].status]:
+            results[earlier] = result
+        elif result != results[earlier] and result.status == results[earlier].status == "success":
+            skip(f"item {n}: repeats the taskUUID of an earlier item with another result; the first is kept")
+    if unlisted:
+        skipped.append(f"and {unlisted} more items skipped")
     return results, skipped
