@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             # RQ waits out Redis while it waits for a job, but quits on a connection error
             # anywhere else (a heartbeat after a job): serve the queue again once Redis is back,
             # unless a stop was asked for (RQ's own signal handler recorded it).
-            if args.burst or worker._stop_requested:
+            if worker._stop_requested:
+                return 0
+            if args.burst:
                 raise
             logging.getLogger(__name__).warning("Redis unavailable (%s); serving %s again in %ss",
                                                 type(exc).__name__, args.queue, REDIS_RETRY_S)
