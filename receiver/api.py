@@ -65,6 +65,11 @@ def _money(amount: Decimal) -> dict:
 @bp.get("/tasks/<task_uuid>")
 @require_bearer("read_tokens")
 def get_task(task_uuid: str):
+    return task_response(task_uuid)
+
+
+def task_response(task_uuid: str):
+    """One stored task as JSON; 400 for a malformed taskUUID, 404 for an unknown one."""
     if not UUID_RE.match(task_uuid):
         return error_response(400, "taskUUID must be a UUID")
     with engine().connect() as conn:

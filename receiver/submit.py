@@ -29,12 +29,11 @@ from flask import request
 
 from config import Config
 from receiver import images
+from receiver.api import task_response
 from receiver.auth import require_bearer
 from receiver.errors import error_response
-from receiver.state import engine
 from receiver.state import redis_client
 from receiver.state import settings
-from store import queries
 from store import submissions
 from store.db import engine_for
 from store.submissions import NewTask
@@ -188,10 +187,4 @@ def submit():
 @bp.get("/captions/<task_uuid>")
 @require_bearer("submit_tokens")
 def get_caption(task_uuid: str):
-    if not UUID_RE.match(task_uuid):
-        return error_response(400, "taskUUID must be a UUID")
-    with engine().connect() as conn:
-        task = queries.get_task(conn, task_uuid.lower())
-    if task is None:
-        return error_response(404, f"no task {task_uuid.lower()}")
-    return jsonify(task)
+    return task_response(task_uuid)
