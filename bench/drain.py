@@ -189,6 +189,7 @@ def worker_drain(ctx: Context, url: str, entries: list[dict], label: str, aof: b
     from rq import Queue
     from rq.registry import FailedJobRegistry
 
+    from config import Config
     from workers.queues import DELIVERY_GROUP
     from workers.queues import DELIVERY_STREAM
     from workers.queues import PERSIST_QUEUE
@@ -204,8 +205,10 @@ def worker_drain(ctx: Context, url: str, entries: list[dict], label: str, aof: b
         want_drain(client)  # what the first webhook does: set the flag, enqueue one drain job
         job_id = Queue(PERSIST_QUEUE, connection=client).job_ids[0]
         spawned = time.time()
-        worker = _worker(ctx, ["-m", "workers", "persist", "--burst"], ctx.service_env(server.url, url),
-                         f"worker-{label}.log")
+        # As many persist workers as drains may run at once (PERSIST_CONCURRENCY), as deployed.
+        workers = [_worker(ctx, ["-m", "workers", "persist", "--burst"], ctx.service_env(server.url, url),
+                           f"worker-{label}-{n}.log") for n in range(Config().persist_concurrency)]
+        worker = workers[0]
         rss = RssSampler(worker.pid)
         job_start = ended = None
         deadline = time.monotonic() + ctx.sizes["drain_timeout"]
@@ -217,15 +220,17 @@ def worker_drain(ctx: Context, url: str, entries: list[dict], label: str, aof: b
                     ended = time.time()
                     break
                 rss.sample()
-                if worker.poll() is not None:
-                    raise BenchError(f"the worker exited ({worker.returncode}) with "
+                if all(w.poll() is not None for w in workers):
+                    raise BenchError(f"the workers exited ({worker.returncode}) with "
                                      f"{client.xlen(DELIVERY_STREAM)} deliveries left")
                 if time.monotonic() > deadline:
                     raise BenchError(f"drain not done after {ctx.sizes['drain_timeout']}s")
                 time.sleep(0.01)
-            worker.wait(timeout=30)  # burst mode: it leaves once the stream and the queue are empty
+            for w in workers:
+                w.wait(timeout=30)  # burst mode: each leaves once the stream and the queue are empty
         finally:
-            stop_process(worker)
+            for w in workers:
+                stop_process(w)
         left = client.xlen(DELIVERY_STREAM)
         pending = client.xpending(DELIVERY_STREAM, DELIVERY_GROUP)["pending"]
         failed = FailedJobRegistry(PERSIST_QUEUE, connection=client).count
