@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_cron(conn, args.schedule)
     name = args.name
     while True:
+        worker = None
         try:
             worker = Worker([Queue(args.queue, connection=conn)], connection=conn, name=name)
             worker.work(burst=args.burst, with_scheduler=args.queue == SUBMIT_QUEUE)
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             # RQ waits out Redis while it waits for a job, but quits on a connection error
             # anywhere else (a heartbeat after a job): serve the queue again once Redis is back,
             # unless a stop was asked for (RQ's own signal handler recorded it).
-            if worker._stop_requested:
+            if worker is not None and worker._stop_requested:
                 return 0
             if args.burst:
                 raise
