@@ -295,6 +295,27 @@ def test_redis_down_answers_503_then_recovers_without_a_restart(stack, aof_redis
     assert workers.still_the_same() and web.process.pid == master
 
 
+def test_processes_started_while_redis_is_down_serve_once_it_is_up(aof_redis, sqlite_url, tmp_path, monkeypatch,
+                                                                   engines, make_client):
+    clear(sqlite_url)
+    env = environment(aof_redis.url + "/0", sqlite_url)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    aof_redis.stop()
+    workers = Workers(env, tmp_path).start()
+    try:
+        time.sleep(3)
+        assert workers.still_the_same(), "the worker and the cron process wait for Redis"
+        aof_redis.start()
+        task = new_uuid()
+        assert post(make_client(), wrapped(success(task))).status_code == 202
+        engine = engines(sqlite_url)
+        wait_for(lambda: task in ledger(engine)[0], timeout=30, what="the delivery stored")
+        assert workers.still_the_same()
+    finally:
+        workers.stop()
+
+
 # -- the database down -------------------------------------------------------------------------
 
 
