@@ -76,7 +76,6 @@ tasks = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Index("ix_tasks_status_created", "status", "created_at"),
-    sa.Index("ix_tasks_last_delivery", "last_delivery_at"),
     sa.Index("ix_tasks_next_poll", "next_poll_at"),
     sa.Index("ix_tasks_updated", "updated_at", "task_uuid"),
 )
