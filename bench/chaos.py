@@ -283,8 +283,18 @@ class Stack:
         return [s for s in self.services if s.name.startswith(prefix)]
 
     def _supervise(self) -> None:
-        """Start again, after a short pause, every supervised process that died (systemd's Restart=always)."""
+        """Start again, after a short pause, every supervised process that died (systemd's Restart=always).
+
+        The killer never kills gunicorn's master, but should it die all the same, a new one is started on
+        the same port (it is the webhook URL the emulator was given).
+        """
         while not self._stop.wait(0.2):
+            if self.web_exited():
+                with self.supervise_lock:
+                    if not self._stop.is_set() and self.web_exited():
+                        self.progress(f"gunicorn's master exited ({self.web.process.returncode}); starting it again")
+                        self.restart_web()
+                        self.restarts["web"] += 1
             for service in self.services:
                 if service.supervised and not service.alive():
                     time.sleep(random.uniform(0.3, 1.0))
@@ -292,6 +302,16 @@ class Stack:
                         if not self._stop.is_set() and not service.alive():
                             service.start()
                             self.restarts[service.name.split("-")[0]] += 1
+
+    def web_exited(self) -> bool:
+        process = self.web.process
+        return process is not None and process.poll() is not None
+
+    def restart_web(self) -> None:
+        old = self.web
+        web = Gunicorn("wsgi:app", old.env, self.logs / f"web-{self.restarts['web'] + 2}.log")
+        web.port, web.env["PORT"] = old.port, str(old.port)
+        self.web = web.start()
 
     def restart_redis(self, down_for: float) -> None:
         with self.redis_lock:
@@ -304,6 +324,8 @@ class Stack:
             if not self.redis.alive():
                 self.redis.start()
         with self.supervise_lock:
+            if self.web_exited():
+                self.restart_web()
             for service in self.services:
                 if not service.alive():
                     service.start()
