@@ -22,6 +22,7 @@ Run as `python -m bench.drain worker`, this module is that worker.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -206,8 +207,9 @@ def worker_drain(ctx: Context, url: str, entries: list[dict], label: str, aof: b
         job_id = Queue(PERSIST_QUEUE, connection=client).job_ids[0]
         spawned = time.time()
         # As many persist workers as drains may run at once (PERSIST_CONCURRENCY), as deployed.
+        concurrency = int(os.environ.get("PERSIST_CONCURRENCY") or Config.persist_concurrency)
         workers = [_worker(ctx, ["-m", "workers", "persist", "--burst"], ctx.service_env(server.url, url),
-                           f"worker-{label}-{n}.log") for n in range(Config().persist_concurrency)]
+                           f"worker-{label}-{n}.log") for n in range(concurrency)]
         worker = workers[0]
         rss = RssSampler(worker.pid)
         job_start = ended = None
