@@ -63,8 +63,9 @@ class BacklogSampler(threading.Thread):
         return self.samples
 
 
-def _stored_since(database_url: str, since: float) -> tuple[list[float], int, int]:
-    """Receipt-to-stored latencies (ms) of deliveries received since `since`, their tasks, and
+def _stored_since(database_url: str, since: float) -> tuple[list[float], int, int, int]:
+    """Receipt-to-stored latencies (ms) of deliveries received since `since`; and, counted in one
+    statement (one snapshot, while stragglers may still land), those deliveries, their tasks, and
     how many of those tasks were counted as delivered more than once."""
     import sqlalchemy as sa
 
@@ -72,19 +73,23 @@ def _stored_since(database_url: str, since: float) -> tuple[list[float], int, in
     from store.schema import tasks
 
     moment = datetime.fromtimestamp(since, UTC)
+
+    def count(table, *where):
+        return sa.select(sa.func.count()).select_from(table).where(*where).scalar_subquery()
+
     engine = sa.create_engine(database_url)
     try:
         with engine.connect() as conn:
+            stored, task_count, repeated = conn.execute(sa.select(
+                count(deliveries, deliveries.c.received_at >= moment),
+                count(tasks, tasks.c.first_delivery_at >= moment),
+                count(tasks, tasks.c.first_delivery_at >= moment, tasks.c.delivery_count != 1),
+            )).one()
             rows = conn.execute(sa.select(deliveries.c.received_at, deliveries.c.stored_at)
                                 .where(deliveries.c.received_at >= moment)).all()
-            task_count = conn.execute(sa.select(sa.func.count()).select_from(tasks)
-                                      .where(tasks.c.first_delivery_at >= moment)).scalar_one()
-            repeated = conn.execute(sa.select(sa.func.count()).select_from(tasks)
-                                    .where(tasks.c.first_delivery_at >= moment, tasks.c.delivery_count != 1)
-                                    ).scalar_one()
     finally:
         engine.dispose()
-    return [(stored - received).total_seconds() * 1000 for received, stored in rows], task_count, repeated
+    return [(stored_at - received).total_seconds() * 1000 for received, stored_at in rows], stored, task_count, repeated
 
 
 def _drained(client, timeout: float) -> float | None:
@@ -116,8 +121,7 @@ def _level(ctx: Context, url: str, client, database_url: str, fraction: float, m
         samples = sampler.stop()
     backlog_end = client.xlen(DELIVERY_STREAM)
     drain_s = _drained(client, sizes["e2e_drain_wait"])
-    latencies, task_count, repeated = _stored_since(database_url, since)
-    stored = len(latencies)
+    latencies, stored, task_count, repeated = _stored_since(database_url, since)
     rate = load["rps"]
     # Answered after wrk stopped counting: at most one per connection, plus any request wrk gave up on.
     extra = stored - load["ok"]
