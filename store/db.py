@@ -9,6 +9,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 _engines: dict[str, sa.Engine] = {}
+PG_CONNECT_TIMEOUT_S = 5
+"""Seconds a new PostgreSQL connection may take before it fails (libpq's connect_timeout)."""
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -30,7 +32,12 @@ def create_engine(url: str) -> sa.Engine:
         engine = sa.create_engine(url)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    connect_args = {}
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        # libpq waits for an unreachable server for ever by default; a
+        # connect_timeout given in the URL is kept.
+        connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args)
 
 
 def engine_for(url: str) -> sa.Engine:
