@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from store.results import Delivery
 from store.results import Result
 from store.results import save_deliveries
+from store.schema import deliveries as log_table
 from store.schema import tasks
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -112,3 +113,36 @@ def test_any_interleaving_converges(engine, events, data):
         (expected(e)["cost"] for e in per_task.values() if e and expected(e)["status"] == "success"), Decimal(0)
     )
     assert spend == distinct
+
+
+AWKWARD_TEXT = "tab\there, newline\nthere, backslash \\ and \\N, quote ' \" , émoji 🐈, 中文, carriage\rreturn"
+
+
+def test_text_and_numbers_are_stored_exactly(engine):
+    """The bulk write path (a COPY on PostgreSQL) keeps every character and digit as sent."""
+    task, at = str(uuid.uuid4()), datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=timezone.utc)
+    item = Result(task, "success", at, text=AWKWARD_TEXT, cost=Decimal("0.0000123456"),
+                  task_type="imageCaption", model="runware:150@2")
+    with engine.begin() as conn:
+        save_deliveries(conn, [Delivery(f"x-{task}", at, "10.1.2.3", 321, [item])])
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(tasks).where(tasks.c.task_uuid == task)).mappings().one()
+        logged = conn.execute(sa.select(log_table).where(log_table.c.id == f"x-{task}")).mappings().one()
+    assert (row["text"], Decimal(row["cost"]), row["model"], row["result_at"]) == (
+        AWKWARD_TEXT, Decimal("0.0000123456"), "runware:150@2", at)
+    assert (logged["items"][0]["text"], logged["remote_addr"], logged["size"]) == (AWKWARD_TEXT, "10.1.2.3", 321)
+
+
+def test_a_rolled_back_batch_does_not_break_the_next(engine):
+    """A batch written then rolled back leaves nothing, and the same connection writes the next one."""
+    at = datetime(2026, 3, 4, tzinfo=timezone.utc)
+    first, second = (Result(str(uuid.uuid4()), "success", at, text="x", cost=Decimal("0.002")) for _ in range(2))
+    with engine.connect() as conn:
+        with conn.begin() as tx:
+            save_deliveries(conn, [Delivery(f"rb-{first.task_uuid}", at, None, 1, [first])])
+            tx.rollback()
+        with conn.begin():
+            save_deliveries(conn, [Delivery(f"rb-{second.task_uuid}", at, None, 1, [second])])
+        stored = set(conn.scalars(sa.select(tasks.c.task_uuid).where(
+            tasks.c.task_uuid.in_([first.task_uuid, second.task_uuid]))))
+    assert stored == {second.task_uuid}
