@@ -72,8 +72,11 @@ from bench.common import BenchError
 from bench.common import Gunicorn
 from bench.common import PostgresUnavailable
 from bench.common import Progress
+from bench.common import alive
 from bench.common import children
+from bench.common import descendants
 from bench.common import free_port
+from bench.common import kill_tree
 from bench.common import postgres_database
 from bench.common import sqlite_database
 from bench.common import wait_until
@@ -100,22 +103,6 @@ run settles in minutes (the mechanisms are the same as with the defaults)."""
 
 
 # -- processes ---------------------------------------------------------------------------------
-
-
-def descendants(pid: int) -> list[int]:
-    found = children(pid)
-    for child in list(found):
-        found.extend(descendants(child))
-    return found
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL `pid` and everything it forked (an RQ work horse leaves its parent's process group)."""
-    for victim in [pid, *descendants(pid)]:
-        try:
-            os.kill(victim, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 class Service:
@@ -155,8 +142,9 @@ class Service:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-        for pid in leftovers:
-            kill_tree(pid)
+        for pid in leftovers:  # whatever it forked and left behind
+            if alive(pid):
+                kill_tree(pid)
 
 
 class Redis:

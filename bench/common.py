@@ -395,8 +395,11 @@ def count_rows(url: str, table: str) -> int:
 # --- processes -----------------------------------------------------------------------------------
 
 
+# Shared with the tests (tests/support.py imports them from here).
+
+
 def children(pid: int) -> list[int]:
-    """Direct children of `pid`, from /proc."""
+    """The live direct children of `pid`, from /proc (zombies left out): an RQ work horse, gunicorn's workers."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -406,9 +409,36 @@ def children(pid: int) -> list[int]:
         except OSError:
             continue
         # The command name may hold spaces and parentheses: fields start after the last ')'.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
             found.append(int(entry.name))
     return sorted(found)
+
+
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren, ... of `pid` (RQ's work horse leaves its parent's process group)."""
+    found = children(pid)
+    for child in list(found):
+        found.extend(descendants(child))
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and everything it forked, all at once."""
+    for victim in [pid, *descendants(pid)]:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as dead)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
 
 
 def rss_kib(pid: int) -> int | None:

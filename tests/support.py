@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,12 @@ from pathlib import Path
 import redis
 from rq import Queue
 from rq import Worker
+
+# The process helpers are shared with the benchmarks (bench/chaos.py).
+from bench.common import alive
+from bench.common import children  # noqa: F401  (for tests/test_crash.py)
+from bench.common import descendants
+from bench.common import kill_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,45 +136,6 @@ class Gunicorn:
 
 
 # -- crash and outage helpers (killing and restarting real processes) ----------------------------
-
-
-def children(pid: int) -> list[int]:
-    """The live child processes of `pid` (e.g. an RQ worker's work horse, gunicorn's workers)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return sorted(found)
-
-
-def descendants(pid: int) -> list[int]:
-    """Children, grandchildren, ... of `pid` (RQ's work horse leaves its parent's process group)."""
-    found = children(pid)
-    for child in list(found):
-        found.extend(descendants(child))
-    return found
-
-
-def kill_tree(pid: int) -> None:
-    """kill -9 of `pid` and of everything it forked, all at once."""
-    for victim in [pid, *descendants(pid)]:
-        try:
-            os.kill(victim, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie counts as dead)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z"
 
 
 class ProjectRedisServer(RedisServer):
