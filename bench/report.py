@@ -56,8 +56,10 @@ def targets(results: dict) -> list[dict]:
                      _why_missing(results, "intake"))]
     for db, label in (("sqlite", "SQLite"), ("postgres", "PostgreSQL")):
         why = _why_missing(results, "drain", db)
-        found.append(_target(f"drain ÷ raw bulk upsert, {label}", _get(phases, "drain", db, "ratio_raw"),
-                             ">=", 0.5, "x", why))
+        found.append(_target(f"drain ÷ raw bulk write of the same rows, {label}",
+                             _get(phases, "drain", db, "ratio_raw"), ">=", 0.5, "x", why))
+        found.append(_target(f"drain ÷ raw upsert of the task rows alone (stricter), {label}",
+                             _get(phases, "drain", db, "ratio_raw_tasks"), ">=", 0.5, "x", why))
         found.append(_target(f"drain ÷ one job per delivery, {label}", _get(phases, "drain", db, "ratio_per_job"),
                              ">=", 20, "x", why))
     high = next((lv for lv in _get(phases, "endtoend", "levels", default=[]) if lv["fraction"] == 0.9), None)
@@ -133,23 +135,27 @@ def _drain_md(p: dict) -> list[str]:
     s = p.get("settings", {})
     out = [f"{_num(s.get('drain_deliveries'))} queued deliveries per line; one job per delivery: "
            f"{_num(s.get('per_job_deliveries'))} jobs, time-boxed at {s.get('per_job_seconds')}s.", "",
-           "| database | raw bulk upsert /s | drain /s | one job per delivery /s | drain ÷ raw | drain ÷ per job |",
-           "| --- | ---: | ---: | ---: | ---: | ---: |"]
+           "Raw: the rows the drain writes (a delivery-log row and a task row per delivery), prepared beforehand, "
+           "one `executemany` per table and a commit per 1,000; the stricter line upserts the task rows alone.", "",
+           "| database | raw, same rows /s | raw, task rows alone /s | drain /s | one job per delivery /s "
+           "| drain ÷ raw | drain ÷ raw task rows | drain ÷ per job |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for key, label in (("sqlite", "SQLite (WAL)"), ("postgres", "PostgreSQL")):
         line = p.get(key)
         if not line:
             continue
         if line.get("status") == "skipped":
-            out.append(f"| {label} | skipped: {line.get('note')} | | | | |")
+            out.append(f"| {label} | skipped: {line.get('note')} | | | | | | |")
             continue
         per_job = line["per_job"]
         capped = f" ({per_job['done']} of {per_job['jobs']} in the time box)" if per_job.get("capped") else ""
-        out.append(f"| {label} | {_num(line['raw']['per_s'])} | {_num(line['drain']['per_s'])} | "
-                   f"{_num(per_job['per_s'], 1)}{capped} | {_num(line['ratio_raw'], 2)} | "
+        out.append(f"| {label} | {_num(line['raw']['per_s'])} | {_num(line['raw_tasks']['per_s'])} | "
+                   f"{_num(line['drain']['per_s'])} | {_num(per_job['per_s'], 1)}{capped} | "
+                   f"{_num(line['ratio_raw'], 2)} | {_num(line['ratio_raw_tasks'], 2)} | "
                    f"{_num(line['ratio_per_job'], 1)}x |")
     extra = p.get("sqlite_aof_off")
     if extra:
-        out.append(f"| SQLite, Redis AOF off (extra) | | {_num(extra['per_s'])} | | {_num(extra['ratio_raw'], 2)} | |")
+        out.append(f"| SQLite, Redis AOF off (extra) | | | {_num(extra['per_s'])} | | {_num(extra['ratio_raw'], 2)} | | |")
     for key in ("sqlite", "postgres"):
         drained = _get(p, key, "drain")
         if drained:
@@ -331,7 +337,8 @@ def _target_bars(results: dict) -> list[tuple]:
 
 
 def _short(name: str) -> str:
-    return (name.replace("one job per delivery", "1 job/delivery").replace("raw bulk upsert", "raw upsert")
+    return (name.replace("one job per delivery", "1 job/delivery").replace("raw bulk write of the same rows", "raw, same rows")
+            .replace("raw upsert of the task rows alone (stricter)", "raw task rows")
             .replace(" (seconds of traffic)", ", s").replace("backlog at the end of the 90% load", "90% load: backlog")
             .replace("p99 receipt-to-stored at 90% load", "90% load: p99 receipt→stored")
             .replace("Redis bytes per queued delivery ÷ body size", "Redis bytes ÷ body")
@@ -370,7 +377,9 @@ def write_chart(results: dict, path: Path) -> None:
         line = drain.get(key)
         if not line or line.get("status") == "skipped" or "raw" not in line:
             continue
-        drain_bars += [(f"{label} raw upsert", line["raw"]["per_s"], GREY, f"{line['raw']['per_s']:,.0f}/s"),
+        drain_bars += [(f"{label} raw, same rows", line["raw"]["per_s"], GREY, f"{line['raw']['per_s']:,.0f}/s"),
+                       (f"{label} raw, tasks alone", line["raw_tasks"]["per_s"], GREY,
+                        f"{line['raw_tasks']['per_s']:,.0f}/s"),
                        (f"{label} drain", line["drain"]["per_s"], BLUE, f"{line['drain']['per_s']:,.0f}/s"),
                        (f"{label} 1 job/delivery", line["per_job"]["per_s"], AMBER,
                         f"{line['per_job']['per_s']:,.1f}/s")]

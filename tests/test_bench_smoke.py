@@ -48,10 +48,12 @@ def test_drain_lines_are_measured_and_accounted(results):
     lines = [drain["sqlite"]] + ([drain["postgres"]] if drain["postgres"]["status"] != "skipped" else [])
     for line in lines:
         assert line["raw"]["per_s"] > 0 and line["raw"]["accounted"]
+        assert line["raw"]["rows"] == "delivery log + tasks" and line["raw_tasks"]["rows"] == "tasks alone"
+        assert line["raw_tasks"]["per_s"] > 0 and line["raw_tasks"]["accounted"]
         assert line["drain"]["per_s"] > 0 and line["drain"]["accounted"]
         assert line["drain"]["stored"] == data["sizes"]["drain_deliveries"]
         assert line["per_job"]["done"] > 0 and line["per_job"]["per_s"] > 0
-        assert line["ratio_raw"] > 0 and line["ratio_per_job"] > 0
+        assert line["ratio_raw"] > 0 and line["ratio_raw_tasks"] > 0 and line["ratio_per_job"] > 0
     if drain["postgres"]["status"] == "skipped":
         assert "PostgreSQL" in drain["postgres"]["note"]
 
@@ -77,7 +79,7 @@ def test_memory_and_targets(results):
     assert memory["rq"]["parent_rss_mib"] > 0
     assert all(m > 0 for m in memory["gunicorn"]["worker_rss_mib"])
     names = [t["name"] for t in data["targets"]]
-    assert len(names) == 8
+    assert len(names) == 10, names
     for target in data["targets"]:
         assert target["pass"] in (True, False, None)
         assert target["op"] in (">=", "<=", "<")
