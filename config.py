@@ -153,7 +153,7 @@ INTEGER_SETTINGS = {
     "SUBMIT_BATCH_SIZE": (1, "tasks per Runware request"),
     "SUBMIT_MAX_ATTEMPTS": (1, "times a task is sent before a transient failure becomes final"),
     "RECONCILE_AFTER_SECONDS": (1, "a submitted task without a result is polled with getResponse after this long"),
-    "RECONCILE_INTERVAL_SECONDS": (1, "how often the reconcile job runs (rq cron)"),
+    "RECONCILE_INTERVAL_SECONDS": (1, "how often the reconcile job runs (`python -m workers cron`)"),
     "RESULT_DEADLINE_SECONDS": (1, "a submitted task still without a result is failed (code timeout) after this long"),
     "MAX_IMAGE_BYTES": (1, "largest image accepted for captioning, decoded"),
     "MAX_SUBMIT_BODY_BYTES": (1, "largest POST /api/captions body (JSON or multipart)"),

@@ -173,7 +173,7 @@ class ProjectRedisServer(RedisServer):
 
 
 class Service:
-    """A long-running project process (`python -m workers persist`, `rq cron ...`) in a session of its own.
+    """A long-running project process (`python -m workers persist`, `python -m workers cron`) in a session of its own.
 
     Its output goes to a file; `kill()` is kill -9 of the process and everything
     it forked (a lost container), `kill(tree=False)` of the process alone.
@@ -190,9 +190,9 @@ class Service:
         return cls([sys.executable, "-m", "workers", queue], env, name=f"worker-{queue}")
 
     @classmethod
-    def cron(cls, config_file: Path, env: dict[str, str]) -> Service:
-        return cls([sys.executable, "-m", "rq.cli", "cron", str(config_file), "--url", env["REDIS_URL"]], env,
-                   name="cron")
+    def cron(cls, schedule: Path | str, env: dict[str, str]) -> Service:
+        """The scheduler as production runs it, for `schedule` (a file, or a dotted module such as workers.schedule)."""
+        return cls([sys.executable, "-m", "workers", "cron", "--schedule", str(schedule)], env, name="cron")
 
     @property
     def pid(self) -> int:

@@ -1,7 +1,7 @@
 """kill -9 on the real stack: an RQ worker mid-batch, a gunicorn worker mid-request.
 
-Each test runs real processes (`python -m workers persist`, `rq cron` with the
-drain sweep, gunicorn) and kills one with SIGKILL at a chosen point. A database
+Each test runs real processes (`python -m workers persist`, `python -m workers cron`
+with the drain sweep, gunicorn) and kills one with SIGKILL at a chosen point. A database
 trigger that waits while a "brake" row exists holds a batch inside its
 transaction, so the kill lands in the middle of a batch every time, not by luck.
 The promise checked: every acknowledged delivery ends up in the store exactly
@@ -56,7 +56,7 @@ from rq import cron
 from workers.maintenance import sweep
 cron.register(sweep, "persist", interval={SWEEP_EVERY_S}, result_ttl=0, ttl=30)
 """
-"""The drain sweep as `rq cron` runs it in production (workers/schedule.py), every second here."""
+"""The drain sweep as `python -m workers cron` runs it in production (workers/schedule.py), every second here."""
 
 BRAKE = [
     "CREATE TABLE brake (engaged boolean)",

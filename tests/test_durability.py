@@ -77,7 +77,7 @@ class Workers:
         schedule = tmp_path / "sweep_schedule.py"
         schedule.write_text(SWEEP)
         self.worker = Service.worker(PERSIST_QUEUE, env)
-        self.cron = Service([*Service.worker("cron", env).argv, "--schedule", str(schedule)], env, name="cron")
+        self.cron = Service.cron(schedule, env)
 
     def start(self) -> Workers:
         self.worker.start()

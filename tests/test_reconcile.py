@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import redis
@@ -23,7 +19,7 @@ from tests.submitting import emulator  # noqa: F401  (fixture)
 from tests.submitting import queue
 from tests.submitting import rows
 from tests.submitting import use_runware  # noqa: F401  (fixture)
-from tests.support import ROOT
+from tests.support import Service
 from tests.support import run_worker
 from tests.support import wait_for
 from workers.queues import SUBMIT_QUEUE
@@ -152,15 +148,12 @@ def test_the_schedule_enqueues_reconcile_on_the_submit_queue(engine, redis_url, 
     assert job.is_finished and job.return_value()["polled"] == 0
 
 
-def test_rq_cron_runs_the_schedule_module(redis_url, config):
-    rq = Path(sys.executable).parent / "rq"
-    env = {**os.environ, "RECONCILE_INTERVAL_SECONDS": "1"}
-    process = subprocess.Popen([str(rq), "cron", "workers.schedule", "--url", redis_url], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def test_the_cron_process_runs_the_schedule_module(redis_url, config):
+    cron = Service.cron("workers.schedule", {"RECONCILE_INTERVAL_SECONDS": "1"}).start()
     try:
         conn = redis.Redis.from_url(redis_url)
-        wait_for(lambda: Queue(SUBMIT_QUEUE, connection=conn).count >= 1, timeout=20, what="rq cron to enqueue")
+        wait_for(lambda: Queue(SUBMIT_QUEUE, connection=conn).count >= 1, timeout=20,
+                 what="python -m workers cron to enqueue")
     finally:
-        process.terminate()
-        process.wait(10)
+        cron.stop()
     assert Queue(SUBMIT_QUEUE, connection=conn).jobs[0].func_name == "workers.reconcile.reconcile"

@@ -47,7 +47,7 @@ from workers.queues import want_drain
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 5
-"""How often rq cron runs `sweep`."""
+"""How often the cron process (`python -m workers cron`) runs `sweep`."""
 
 RESCUE_KEY = "captions:drain:rescue"
 """Set (for one stale period) when the sweep enqueued a drain for abandoned entries: one rescue at a time."""

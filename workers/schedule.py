@@ -1,10 +1,10 @@
-"""Periodic jobs, for RQ's cron scheduler: `rq cron workers.schedule --url "$REDIS_URL"`.
+"""Periodic jobs, for RQ's cron scheduler as the project runs it: `python -m workers cron`.
 
-(`python -m workers cron` runs the same scheduler and outlives Redis outages.)
-Run one scheduler per Redis: two would enqueue every job twice, harmless here
-but wasteful. `rq cron` imports this module by its dotted name (from the
-current directory, which must be the repository root: `--path` defaults to
-`.`), and registers the jobs below with RQ's default serializer (pickle), the
+That process (workers/__main__.py, `workers.maintenance.run_cron`) outlives
+Redis outages. Run one scheduler per Redis: two would enqueue every job twice,
+harmless here but wasteful. It imports this module by its dotted name (its
+`--schedule` default; from the current directory, which must be the repository
+root), and registers the jobs below with RQ's default serializer (pickle), the
 one the workers use.
 
 - `workers.reconcile.reconcile` (submit queue, every `RECONCILE_INTERVAL_SECONDS`,
