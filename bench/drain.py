@@ -24,7 +24,6 @@ Run as `python -m bench.drain worker`, this module is that worker.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -227,9 +226,10 @@ def worker_drain(ctx: Context, url: str, entries: list[dict], label: str, aof: b
         job_id = Queue(PERSIST_QUEUE, connection=client).job_ids[0]
         spawned = time.time()
         # As many persist workers as drains may run at once (PERSIST_CONCURRENCY), as deployed.
-        concurrency = int(os.environ.get("PERSIST_CONCURRENCY") or Config.persist_concurrency)
-        workers = [_worker(ctx, ["-m", "workers", "persist", "--burst"], ctx.service_env(server.url, url),
-                           f"worker-{label}-{n}.log") for n in range(concurrency)]
+        env = ctx.service_env(server.url, url)
+        concurrency = Config.from_env(env).persist_concurrency
+        workers = [_worker(ctx, ["-m", "workers", "persist", "--burst"], env, f"worker-{label}-{n}.log")
+                   for n in range(concurrency)]
         worker = workers[0]
         rss = RssSampler(worker.pid)
         job_start = ended = None
@@ -265,6 +265,7 @@ def worker_drain(ctx: Context, url: str, entries: list[dict], label: str, aof: b
         "deliveries": n, "seconds": round(seconds, 3), "per_s": round(n / seconds, 1), "timed_from": timed_from,
         "prefill_s": round(prefill_s, 3), "stored": stored, "tasks": tasks, "stream_left": left,
         "pending": pending, "failed_jobs": failed, "worker_exit": worker.returncode, "redis_aof": aof,
+        "drains": concurrency,
         "accounted": stored == n and tasks == n and left == 0 and failed == 0,
         "worker_rss_kib": rss.figures(),
     }

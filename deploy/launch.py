@@ -184,7 +184,10 @@ def processes(env: dict[str, str]) -> dict[str, str]:
     if not (ROOT / "workers" / "schedule.py").exists() and not (ROOT / "workers" / "schedule").is_dir():
         print("launch: workers/schedule.py not found; running without the cron process", flush=True)
         procs.pop("cron", None)
-    for n in range(2, int(env.get("PERSIST_CONCURRENCY", "2")) + 1):
+    sys.path.insert(0, str(ROOT))
+    from config import Config  # the project's settings, as its processes will read them
+
+    for n in range(2, Config.from_env(env).persist_concurrency + 1):
         procs[f"persist{n}"] = procs["persist"]  # one worker per drain that may run at once
     if not env.get("RUNWARE_API_KEY"):
         port = free_port(EMULATOR_PORT)

@@ -42,6 +42,19 @@ def test_development_defaults_make_a_local_run_work():
     assert (config.host, config.port) == ("127.0.0.1", 8000)
 
 
+@pytest.mark.parametrize("database, setting, drains", [
+    ("", "", 2),  # the SQLite default: its writes serialise, a second drain only overlaps parsing
+    ("sqlite:////srv/captions.db", "", 2),
+    ("postgres://u@db/captions", "", 3),
+    ("postgresql+psycopg://u@db/captions", "", 3),
+    ("postgres://u@db/captions", "1", 1),
+    ("sqlite:////srv/captions.db", "4", 4),
+])
+def test_drains_at_once_follow_the_database_unless_set(database, setting, drains):
+    env = {"APP_ENV": "development", **SECRETS, "DATABASE_URL": database, "PERSIST_CONCURRENCY": setting}
+    assert Config.from_env(env).persist_concurrency == drains
+
+
 @pytest.mark.parametrize("env, fragment", [
     ({"APP_ENV": "staging"}, "APP_ENV"),
     ({"APP_ENV": "development", **SECRETS, "PORT": "http"}, "PORT must be an integer, not 'http'"),
