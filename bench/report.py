@@ -161,8 +161,8 @@ def _drain_md(p: dict) -> list[str]:
         if drained:
             out.append(f"\nDrain accounting, {key}: {'✅' if drained['accounted'] else '❌'} {drained['stored']} "
                        f"deliveries and {drained['tasks']} tasks stored, {drained['stream_left']} left in the stream, "
-                       f"{drained['failed_jobs']} failed jobs; {drained.get('drains', '?')} persist workers "
-                       f"(PERSIST_CONCURRENCY); timed from {drained['timed_from']}.")
+                       f"{drained['failed_jobs']} failed jobs; drains at once (PERSIST_CONCURRENCY, as many "
+                       f"persist workers): {drained.get('drains', '?')}; timed from {drained['timed_from']}.")
     return out
 
 
