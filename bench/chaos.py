@@ -67,18 +67,17 @@ import redis
 import requests
 import sqlalchemy as sa
 
+from bench import common
 from bench.common import ROOT
 from bench.common import BenchError
 from bench.common import Gunicorn
 from bench.common import PostgresUnavailable
 from bench.common import Progress
-from bench.common import alive
 from bench.common import children
-from bench.common import descendants
 from bench.common import free_port
-from bench.common import kill_tree
 from bench.common import postgres_database
 from bench.common import sqlite_database
+from bench.common import wait_for_redis
 from bench.common import wait_until
 
 WEBHOOK = "/webhooks/runware"
@@ -105,46 +104,15 @@ run settles in minutes (the mechanisms are the same as with the defaults)."""
 # -- processes ---------------------------------------------------------------------------------
 
 
-class Service:
-    """A process of the stack, its output appended to a log file; `supervised` ones are restarted when they die."""
+class Service(common.Service):
+    """A process of the stack, its output appended to `<logs>/<name>.log`.
+
+    `supervised` ones are started again when they die (`Stack._supervise`).
+    """
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], logs: Path, supervised: bool = True):
-        self.name, self.argv, self.env, self.supervised = name, argv, env, supervised
-        self.log_path = logs / f"{name}.log"
-        self.process: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> Service:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
-        self.starts += 1
-        return self
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            kill_tree(self.process.pid)
-            self.process.wait(timeout=10)
-
-    def stop(self, timeout: float = 30) -> None:
-        if not self.alive():
-            return
-        leftovers = descendants(self.process.pid)
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        for pid in leftovers:  # whatever it forked and left behind
-            if alive(pid):
-                kill_tree(pid)
+        super().__init__(argv, env, logs / f"{name}.log")
+        self.name, self.supervised = name, supervised
 
 
 class Redis:
@@ -164,30 +132,18 @@ class Redis:
             self.process = subprocess.Popen(
                 ["redis-server", str(ROOT / "deploy" / "redis.conf"), "--port", str(self.port), "--dir", str(self.dir)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        client = redis.Redis(port=self.port)
-        try:
-            wait_until(lambda: self._ready(client), 60, "redis-server to load its data")
-        finally:
-            client.close()
+        wait_for_redis(self.process, self.url, self.dir / "redis.log", 60)
 
-    def _ready(self, client: redis.Redis) -> bool:
-        if self.process.poll() is not None:
-            raise BenchError(f"redis-server exited: {(self.dir / 'redis.log').read_text()[-1000:]}")
-        try:
-            return client.ping()
-        except (redis.ConnectionError, redis.BusyLoadingError):
-            return False
-
-    def alive(self) -> bool:
+    def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def kill(self) -> None:
-        if self.alive():
+        if self.running():
             self.process.kill()
             self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.alive():
+        if self.running():
             self.process.terminate()
             try:
                 self.process.wait(timeout=30)
@@ -256,7 +212,7 @@ class Stack:
         threading.Thread(target=self._supervise, daemon=True).start()
 
     def _emulator_answers(self) -> bool:
-        if not self.emulator.alive():
+        if not self.emulator.running():
             raise BenchError(f"the emulator exited: {self.emulator.log_path.read_text()[-1000:]}")
         try:
             return requests.get(self.emulator_url + "/healthz", timeout=2).ok
@@ -284,10 +240,10 @@ class Stack:
                         self.restart_web()
                         self.restarts["web"] += 1
             for service in self.services:
-                if service.supervised and not service.alive():
+                if service.supervised and not service.running():
                     time.sleep(random.uniform(0.3, 1.0))
                     with self.supervise_lock:
-                        if not self._stop.is_set() and not service.alive():
+                        if not self._stop.is_set() and not service.running():
                             service.start()
                             self.restarts[service.name.split("-")[0]] += 1
 
@@ -309,13 +265,13 @@ class Stack:
 
     def ensure_up(self) -> None:
         with self.redis_lock:
-            if not self.redis.alive():
+            if not self.redis.running():
                 self.redis.start()
         with self.supervise_lock:
             if self.web_exited():
                 self.restart_web()
             for service in self.services:
-                if not service.alive():
+                if not service.running():
                     service.start()
         wait_until(lambda: len(children(self.web.process.pid)) >= self.args.web_workers, 30, "gunicorn's workers")
 
@@ -470,7 +426,7 @@ def kill_one(stack: Stack, kind: str, rng: random.Random) -> str | None:
         # A horse runs only while a job does: watch for one for up to two seconds, as a crash mid-job would.
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
-            horses = [pid for s in stack.named("persist") if s.alive() for pid in children(s.pid)]
+            horses = [pid for s in stack.named("persist") if s.running() for pid in children(s.pid)]
             if horses:
                 try:
                     os.kill(rng.choice(horses), signal.SIGKILL)
@@ -480,7 +436,7 @@ def kill_one(stack: Stack, kind: str, rng: random.Random) -> str | None:
             time.sleep(0.02)
         kind = "persist-worker"
     prefix = {"persist-worker": "persist", "submit-worker": "submit", "cron": "cron"}[kind]
-    candidates = [s for s in stack.named(prefix) if s.alive()]
+    candidates = [s for s in stack.named(prefix) if s.running()]
     if not candidates:
         return None
     rng.choice(candidates).kill()

@@ -101,15 +101,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until(check, timeout: float, what: str, interval: float = 0.05):
-    """Poll `check()` until truthy; BenchError after `timeout` seconds."""
+def wait_until(check, timeout: float, what: str, interval: float = 0.05,
+               error: type[Exception] = BenchError):
+    """Poll `check()` until truthy and return its value; `error` after `timeout` seconds (the tests: AssertionError)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise error(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
 
 
@@ -160,17 +161,8 @@ class RedisServer:
             args += ["--appendonly", "no"]
         self.log = open(self.dir / "redis.log", "wb")
         self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        client = self.client()
-        wait_until(lambda: self._pings(client), 15, "redis-server to start")
+        wait_for_redis(self.process, self.url, self.dir / "redis.log", 15)
         return self
-
-    def _pings(self, client: redis.Redis) -> bool:
-        if self.process.poll() is not None:
-            raise BenchError(f"redis-server exited: {(self.dir / 'redis.log').read_text()[-500:]}")
-        try:
-            return client.ping()
-        except redis.ConnectionError:
-            return False
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
@@ -181,6 +173,29 @@ class RedisServer:
         if not getattr(self, "log", None) or self.log.closed:
             return
         self.log.close()
+
+
+def wait_for_redis(process: subprocess.Popen, url: str, log_path: Path, timeout: float,
+                   error: type[Exception] = BenchError) -> None:
+    """Wait until the redis-server `process` answers PING at `url` with its data loaded.
+
+    `error` (BenchError, or the tests' AssertionError) with the end of its log at
+    `log_path` if it exits first, or after `timeout` seconds. Shared with the
+    tests (tests/support.py).
+    """
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise error(f"redis-server exited: {log_path.read_text(errors='replace')[-2000:]}")
+        try:
+            return client.ping()
+        except (redis.ConnectionError, redis.BusyLoadingError):  # not listening yet, or loading its data
+            return False
+
+    client = redis.Redis.from_url(url)
+    try:
+        wait_until(ready, timeout, "redis-server to start and load its data", error=error)
+    finally:
+        client.close()
 
 
 @contextmanager
@@ -196,10 +211,16 @@ def redis_server(directory: Path, aof: bool = True) -> Iterator[RedisServer]:
 
 
 class Gunicorn:
-    """gunicorn serving `app` (e.g. `wsgi:app`) with `deploy/gunicorn.conf.py`, its log kept in a file."""
+    """gunicorn serving `app` (e.g. `wsgi:app`) with `deploy/gunicorn.conf.py`, its log kept in a file.
 
-    def __init__(self, app: str, env: dict[str, str], log_path: Path):
+    Shared with the tests (tests/support.py). `start()` returns once /healthz answers
+    200 and, when WEB_CONCURRENCY is set, every worker has booted; `stop()` TERMs the
+    master and KILLs whatever is left of its session after 40 s.
+    """
+
+    def __init__(self, app: str, env: dict[str, str], log_path: Path, error: type[Exception] = BenchError):
         self.app = app
+        self.error = error
         self.port = free_port()
         self.env = {**env, "HOST": "127.0.0.1", "PORT": str(self.port)}
         self.log_path = log_path
@@ -215,15 +236,16 @@ class Gunicorn:
             [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", self.app],
             cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        wait_until(self._answers, 60, f"gunicorn ({self.app}) to answer /healthz", interval=0.1)
+        wait_until(self._answers, 60, f"gunicorn ({self.app}) to answer /healthz", interval=0.1, error=self.error)
         expected = int(self.env.get("WEB_CONCURRENCY") or 0)
         if expected:
-            wait_until(lambda: len(self.worker_pids()) >= expected, 30, "every gunicorn worker to boot")
+            wait_until(lambda: len(self.worker_pids()) >= expected, 30, "every gunicorn worker to boot",
+                       error=self.error)
         return self
 
     def _answers(self) -> bool:
         if self.process.poll() is not None:
-            raise BenchError(f"gunicorn exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+            raise self.error(f"gunicorn exited: {self.output()[-2000:]}")
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
                 sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
@@ -234,10 +256,17 @@ class Gunicorn:
     def worker_pids(self) -> list[int]:
         return children(self.process.pid) if self.process else []
 
+    def output(self) -> str:
+        """Everything gunicorn (and the app) logged so far."""
+        if getattr(self, "log", None) and not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
     def stop(self) -> None:
         stop_process(self.process, timeout=40)
         self.process = None
-        self.log.close()
+        if getattr(self, "log", None):
+            self.log.close()
 
 
 @contextmanager
@@ -430,6 +459,59 @@ def kill_tree(pid: int) -> None:
             os.kill(victim, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+class Service:
+    """A long-running project process in a session of its own, its output appended to `log_path`.
+
+    `kill()` is kill -9 of the process and everything it forked (a lost container),
+    `kill(tree=False)` of the process alone. `stop()` TERMs it, kills it after
+    `timeout`, then kills whatever it forked and left behind (RQ's work horse leaves
+    the process group). Shared with the tests (tests/support.py).
+    """
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path):
+        self.argv, self.env, self.log_path = argv, env, log_path
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> Service:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        self.starts += 1
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self, tree: bool = True) -> None:
+        if self.running():
+            if tree:
+                kill_tree(self.process.pid)
+            else:
+                self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 30) -> None:
+        if not self.running():
+            return
+        leftovers = descendants(self.process.pid)
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        for pid in leftovers:  # whatever it forked and left behind
+            if alive(pid):
+                kill_tree(pid)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def alive(pid: int) -> bool:

@@ -25,6 +25,15 @@ PG_URL = normalise_url(os.environ.get("DATABASE_TEST_URL", "postgresql://postgre
 TOKENS = {"WEBHOOK_TOKENS": "hook-old,hook-new", "READ_TOKENS": "read-token", "SUBMIT_TOKENS": "submit-token"}
 
 
+def clear(url: str) -> None:
+    """Empty every table of the store at `url`."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(table.delete())
+    engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def redis_server():
     server = RedisServer()
@@ -81,11 +90,7 @@ def postgres_url():
 def database_url(request):
     """Each test using the store runs once on SQLite and once on PostgreSQL, on empty tables."""
     url = request.getfixturevalue(f"{request.param}_url")
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        for table in reversed(metadata.sorted_tables):
-            conn.execute(table.delete())
-    engine.dispose()
+    clear(url)
     return url
 
 

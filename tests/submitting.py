@@ -6,8 +6,10 @@ import base64
 import dataclasses
 import io
 
+import orjson
 import pytest
 import redis
+import requests
 import sqlalchemy as sa
 from PIL import Image
 from rq import Queue
@@ -48,6 +50,18 @@ def emulator():
     yield start
     for stop in stops:
         stop()
+
+
+class Counting(requests.Session):
+    """A session that remembers the task arrays it sent, one list per request."""
+
+    def __init__(self):
+        super().__init__()
+        self.sent: list[list[dict]] = []
+
+    def post(self, url, data=None, **kwargs):
+        self.sent.append(orjson.loads(data))
+        return super().post(url, data=data, **kwargs)
 
 
 @pytest.fixture

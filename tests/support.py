@@ -9,38 +9,26 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import redis
 from rq import Queue
 from rq import Worker
 
-# The process helpers are shared with the benchmarks (bench/chaos.py).
-from bench.common import alive
+# The process helpers are shared with the benchmarks (bench/common.py); here they fail a test with AssertionError.
+from bench import common
+from bench.common import alive  # noqa: F401  (for the tests)
 from bench.common import children  # noqa: F401  (for tests/test_crash.py)
-from bench.common import descendants
-from bench.common import kill_tree
+from bench.common import free_port
+from bench.common import wait_for_redis
+from bench.common import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_for(check, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
     """Poll `check()` until it returns a truthy value; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    return wait_until(check, timeout, what, interval, error=AssertionError)
 
 
 class RedisServer:
@@ -51,6 +39,7 @@ class RedisServer:
             raise RuntimeError("redis-server is not on PATH (Debian/Ubuntu: apt-get install redis-server)")
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="redis-test-")
+        self.log_path = Path(self.dir) / "redis.log"
         self.args = args or ("--save", "", "--appendonly", "no")
         self.process: subprocess.Popen | None = None
 
@@ -58,21 +47,13 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, *self.args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        wait_for(lambda: self._pings(client), what="redis-server to start")
+    def argv(self) -> list[str]:
+        return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, *self.args]
 
-    @staticmethod
-    def _pings(client: redis.Redis) -> bool:
-        try:
-            return client.ping()
-        except redis.ConnectionError:
-            return False
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
+        wait_for_redis(self.process, self.url, self.log_path, timeout=30, error=AssertionError)
 
     def stop(self, kill: bool = False) -> None:
         if self.process and self.process.poll() is None:
@@ -91,48 +72,13 @@ def run_worker(redis_url: str, queue: str) -> None:
     Worker([Queue(queue, connection=conn)], connection=conn).work(burst=True, logging_level="WARNING")
 
 
-class Gunicorn:
-    """gunicorn serving wsgi:app with the project's config, its logs captured to a file."""
+class Gunicorn(common.Gunicorn):
+    """gunicorn serving wsgi:app with the project's config and `workers` workers, its logs captured to a file."""
 
     def __init__(self, env: dict[str, str], workers: int = 2):
-        self.port = free_port()
-        self.log_path = Path(tempfile.mkdtemp(prefix="gunicorn-test-")) / "gunicorn.log"
-        self.env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(self.port), "WEB_CONCURRENCY": str(workers)}
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "wsgi:app",
-             "--access-logfile", "-", "--error-logfile", "-"],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        wait_for(self._answers, timeout=30, what="gunicorn to answer /healthz")
-
-    def _answers(self) -> bool:
-        import requests
-
-        if self.process.poll() is not None:
-            raise AssertionError(f"gunicorn exited: {self.output()}")
-        try:
-            return requests.get(self.url + "/healthz", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def output(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-        self.log.close()
+        log_path = Path(tempfile.mkdtemp(prefix="gunicorn-test-")) / "gunicorn.log"
+        super().__init__("wsgi:app", {**os.environ, **env, "WEB_CONCURRENCY": str(workers)}, log_path,
+                         error=AssertionError)
 
 
 # -- crash and outage helpers (killing and restarting real processes) ----------------------------
@@ -149,30 +95,13 @@ class ProjectRedisServer(RedisServer):
     def __init__(self, config_file: Path = ROOT / "deploy" / "redis.conf"):
         super().__init__()
         self.config_file = config_file
-        self.log_path = Path(self.dir) / "redis.log"
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", str(self.config_file), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", self.dir, "--logfile", str(self.log_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        try:
-            wait_for(lambda: self._loaded(client), timeout=30, what="redis-server to start and load its data")
-        finally:
-            client.close()
-
-    def _loaded(self, client: redis.Redis) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"redis-server exited: {self.log_path.read_text(errors='replace')[-2000:]}")
-        try:
-            return client.ping()
-        except (redis.ConnectionError, redis.BusyLoadingError):
-            return False
+    def argv(self) -> list[str]:
+        return ["redis-server", str(self.config_file), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", self.dir]
 
 
-class Service:
+class Service(common.Service):
     """A long-running project process (`python -m workers persist`, `python -m workers cron`) in a session of its own.
 
     Its output goes to a file; `kill()` is kill -9 of the process and everything
@@ -180,10 +109,8 @@ class Service:
     """
 
     def __init__(self, argv: list[str], env: dict[str, str], name: str = "service"):
-        self.argv = argv
-        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        self.log_path = Path(tempfile.mkdtemp(prefix=f"{name}-")) / f"{name}.log"
-        self.process: subprocess.Popen | None = None
+        super().__init__(argv, {**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                         Path(tempfile.mkdtemp(prefix=f"{name}-")) / f"{name}.log")
 
     @classmethod
     def worker(cls, queue: str, env: dict[str, str]) -> Service:
@@ -193,42 +120,6 @@ class Service:
     def cron(cls, schedule: Path | str, env: dict[str, str]) -> Service:
         """The scheduler as production runs it, for `schedule` (a file, or a dotted module such as workers.schedule)."""
         return cls([sys.executable, "-m", "workers", "cron", "--schedule", str(schedule)], env, name="cron")
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def start(self) -> Service:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        return self
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self, tree: bool = True) -> None:
-        if self.running():
-            if tree:
-                kill_tree(self.process.pid)
-            else:
-                self.process.kill()
-            self.process.wait(timeout=10)
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.running():
-            leftovers = descendants(self.process.pid)
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-            for pid in leftovers:  # whatever it forked and left behind
-                if alive(pid):
-                    kill_tree(pid)
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 class TcpProxy:

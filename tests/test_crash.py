@@ -25,9 +25,9 @@ import sqlalchemy as sa
 from receiver import create_app
 from store.schema import dead_letters
 from store.schema import deliveries
-from store.schema import metadata
 from store.schema import tasks
 from tests.conftest import TOKENS
+from tests.conftest import clear
 from tests.helpers import WEBHOOK
 from tests.helpers import new_uuid
 from tests.helpers import post
@@ -67,14 +67,6 @@ BRAKE = [
 ]
 RELEASE_BRAKE = ["DROP TRIGGER IF EXISTS brake ON deliveries", "DROP FUNCTION IF EXISTS brake()",
                  "DROP TABLE IF EXISTS brake"]
-
-
-def clear(url: str) -> None:
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        for table in reversed(metadata.sorted_tables):
-            conn.execute(table.delete())
-    engine.dispose()
 
 
 def count(engine, table, *where) -> int:

@@ -26,9 +26,9 @@ from store.db import create_engine
 from store.migrate import upgrade
 from store.schema import dead_letters
 from store.schema import deliveries
-from store.schema import metadata
 from store.schema import tasks
 from tests.conftest import TOKENS
+from tests.conftest import clear
 from tests.helpers import WEBHOOK
 from tests.helpers import new_uuid
 from tests.helpers import post
@@ -55,14 +55,6 @@ from rq import cron
 from workers.maintenance import sweep
 cron.register(sweep, "persist", interval=1, result_ttl=0, ttl=30)
 """
-
-
-def clear(url: str) -> None:
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        for table in reversed(metadata.sorted_tables):
-            conn.execute(table.delete())
-    engine.dispose()
 
 
 def environment(redis_url: str, database_url: str) -> dict[str, str]:

@@ -11,7 +11,6 @@ import io
 import json
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,9 @@ from werkzeug.wrappers import Request, Response
 from emulator import Faults, Settings, serve_in_thread
 from emulator.captioner import cost as caption_cost
 from emulator.settings import parse_args
+from tests.helpers import new_uuid
+from tests.support import free_port
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,10 +43,6 @@ BASE = Settings(port=0, api_key=KEY, seed=1234, processing_ms=10, backoff_base_m
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def new_uuid() -> str:
-    return str(uuid.uuid4())
 
 
 def fixed_uuids(n: int, salt: int = 0) -> list[str]:
@@ -76,17 +74,6 @@ def caption_task(image: str | None = None, task_uuid: str | None = None, **extra
     if image is not None:
         task["inputImage"] = image
     return task
-
-
-def wait_for(check, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 class Emu:
@@ -122,13 +109,13 @@ class Emu:
             if all(u in records and records[u]["webhook"] in states for u in uuids):
                 return [records[u] for u in uuids]
             return None
-        return wait_for(settled, timeout, "webhooks to settle")
+        return wait_for(settled, timeout, what="webhooks to settle")
 
     def wait_idle(self, timeout: float = 10.0) -> None:
         def idle():
             health = requests.get(self.url + "/healthz", timeout=10).json()
             return health["pendingTasks"] == 0 and health["pendingDeliveries"] == 0
-        wait_for(idle, timeout, "the emulator to go idle")
+        wait_for(idle, timeout, what="the emulator to go idle")
 
 
 class Receiver:
@@ -223,12 +210,6 @@ def receiver_factory():
 @pytest.fixture
 def receiver(receiver_factory) -> Receiver:
     return receiver_factory()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------- auth and envelopes
@@ -470,7 +451,7 @@ def test_get_response_lifecycle(start_emulator):
     first = emu.get_response(task["taskUUID"]).json()["data"][0]
     assert first == {"taskType": "imageCaption", "taskUUID": task["taskUUID"], "status": "processing"}
     done = wait_for(lambda: emu.get_response(task["taskUUID"]).json()["data"][0]["status"] == "success"
-                    and emu.get_response(task["taskUUID"]).json()["data"][0], 5, "success")
+                    and emu.get_response(task["taskUUID"]).json()["data"][0], 5, what="success")
     assert done["text"].startswith("a landscape image, 320×200") and done["cost"] == caption_cost(320, 200)
     unknown = new_uuid()
     resp = emu.get_response(unknown)

@@ -11,12 +11,13 @@ import time
 
 import orjson
 import pytest
-import requests
 from PIL import Image
 
-from emulator import Settings
-from emulator import serve_in_thread
 from tests.helpers import new_uuid
+from tests.submitting import EMULATOR_KEY
+from tests.submitting import Counting
+from tests.submitting import data_uri
+from tests.submitting import emulator  # noqa: F401  (fixture)
 from tests.support import free_port
 from workers.runware import RetryableError
 from workers.runware import RunwareClient
@@ -25,47 +26,14 @@ from workers.runware import backoff
 from workers.runware import caption_task
 from workers.runware import poll_task
 
-KEY = "emulator-key"
+KEY = EMULATOR_KEY
 
 
-def png(colour: str = "red", size: tuple[int, int] = (16, 12)) -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-@pytest.fixture
-def emulator():
-    """Start an emulator with the given settings (port 0); stopped after the test."""
-    stops = []
-
-    def start(**changes) -> str:
-        url, stop = serve_in_thread(Settings(port=0, processing_ms=5).replace(**changes))
-        stops.append(stop)
-        return url + "/v1"
-
-    yield start
-    for stop in stops:
-        stop()
-
-
-class Counting(requests.Session):
-    """A session that remembers the task arrays it sent, one list per request."""
-
-    def __init__(self):
-        super().__init__()
-        self.sent: list[list[dict]] = []
-
-    def post(self, url, data=None, **kwargs):
-        self.sent.append(orjson.loads(data))
-        return super().post(url, data=data, **kwargs)
-
-
-def test_a_batch_is_one_request_and_answers_every_task(emulator):
+def test_a_batch_is_one_request_and_answers_every_task(emulator):  # noqa: F811
     session = Counting()
     client = RunwareClient(emulator(), KEY, session=session)
     uuids = [new_uuid() for _ in range(10)]
-    answer = client.run([caption_task(u, png(c), delivery_method="sync")
+    answer = client.run([caption_task(u, data_uri(colour=c), delivery_method="sync")
                          for u, c in zip(uuids, ["red", "blue"] * 5)])
     assert len(session.sent) == 1 and len(session.sent[0]) == 10
     assert answer.status == 200 and not answer.errors
@@ -73,10 +41,10 @@ def test_a_batch_is_one_request_and_answers_every_task(emulator):
     assert all(item["text"] and item["cost"] > 0 for item in answer.data)
 
 
-def test_async_tasks_are_acknowledged_and_polled_with_get_response(emulator):
+def test_async_tasks_are_acknowledged_and_polled_with_get_response(emulator):  # noqa: F811
     client = RunwareClient(emulator(), KEY)
     task_uuid = new_uuid()
-    ack = client.run([caption_task(task_uuid, png(), delivery_method="async", include_cost=False)])
+    ack = client.run([caption_task(task_uuid, data_uri(), delivery_method="async", include_cost=False)])
     assert ack.data == [{"taskType": "imageCaption", "taskUUID": task_uuid}]
     deadline = time.monotonic() + 5
     while True:
@@ -87,13 +55,13 @@ def test_async_tasks_are_acknowledged_and_polled_with_get_response(emulator):
     assert item["status"] == "success" and item["text"] and "cost" not in item
 
 
-def test_per_task_errors_come_back_beside_the_results_matched_by_task_uuid(emulator):
+def test_per_task_errors_come_back_beside_the_results_matched_by_task_uuid(emulator):  # noqa: F811
     client = RunwareClient(emulator(), KEY)
     good, bad, gif = new_uuid(), new_uuid(), new_uuid()
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buffer, "GIF")
     answer = client.run([
-        caption_task(good, png(), delivery_method="sync"),
+        caption_task(good, data_uri(), delivery_method="sync"),
         caption_task(bad, "not an image at all", delivery_method="sync"),
         caption_task(gif, base64.b64encode(buffer.getvalue()).decode(), delivery_method="sync"),
     ])
@@ -104,7 +72,7 @@ def test_per_task_errors_come_back_beside_the_results_matched_by_task_uuid(emula
     assert errors[gif]["code"] == "unsupportedImageFormat"
 
 
-def test_a_request_where_every_task_fails_raises_with_the_per_task_errors(emulator):
+def test_a_request_where_every_task_fails_raises_with_the_per_task_errors(emulator):  # noqa: F811
     client = RunwareClient(emulator(), KEY)
     task_uuid = new_uuid()
     with pytest.raises(RunwareError) as caught:
@@ -114,18 +82,18 @@ def test_a_request_where_every_task_fails_raises_with_the_per_task_errors(emulat
     assert error.answer.errors[0]["taskUUID"] == task_uuid and not error.request_wide
 
 
-def test_a_task_uuid_sent_twice_is_a_conflict(emulator):
+def test_a_task_uuid_sent_twice_is_a_conflict(emulator):  # noqa: F811
     client = RunwareClient(emulator(), KEY)
-    task = caption_task(new_uuid(), png(), delivery_method="async")
+    task = caption_task(new_uuid(), data_uri(), delivery_method="async")
     client.run([task])
     with pytest.raises(RunwareError) as caught:
         client.run([task])
     assert caught.value.code == "conflictTaskUUID" and caught.value.status == 400
 
 
-def test_a_wrong_key_is_refused_for_the_whole_request(emulator):
+def test_a_wrong_key_is_refused_for_the_whole_request(emulator):  # noqa: F811
     with pytest.raises(RunwareError) as caught:
-        RunwareClient(emulator(), "wrong-key").run([caption_task(new_uuid(), png())])
+        RunwareClient(emulator(), "wrong-key").run([caption_task(new_uuid(), data_uri())])
     error = caught.value
     assert (error.status, error.code, error.retryable, error.request_wide) == (401, "invalidApiKey", False, True)
 
@@ -134,23 +102,23 @@ def test_a_wrong_key_is_refused_for_the_whole_request(emulator):
     ({"rate_limit_rate": 1.0}, 429, "rateLimitExceeded"),
     ({"unavailable_rate": 1.0}, 503, "serviceUnavailable"),
 ])
-def test_capacity_faults_are_retryable(emulator, fault, status, code):
+def test_capacity_faults_are_retryable(emulator, fault, status, code):  # noqa: F811
     with pytest.raises(RetryableError) as caught:
-        RunwareClient(emulator(**fault), KEY).run([caption_task(new_uuid(), png())])
+        RunwareClient(emulator(**fault), KEY).run([caption_task(new_uuid(), data_uri())])
     assert (caught.value.status, caught.value.code, caught.value.retryable) == (status, code, True)
 
 
-def test_a_failed_sync_task_is_a_500_carrying_the_task_outcome(emulator):
+def test_a_failed_sync_task_is_a_500_carrying_the_task_outcome(emulator):  # noqa: F811
     task_uuid = new_uuid()
     with pytest.raises(RetryableError) as caught:
-        RunwareClient(emulator(task_error_rate=1.0), KEY).run([caption_task(task_uuid, png(),
+        RunwareClient(emulator(task_error_rate=1.0), KEY).run([caption_task(task_uuid, data_uri(),
                                                                             delivery_method="sync")])
     assert caught.value.status == 500 and caught.value.code == "timeoutProvider"
     item = caught.value.answer.errors[0]
     assert item["taskUUID"] == task_uuid and item["status"] == "error"
 
 
-def test_an_unknown_task_polled_is_a_404_scoped_to_that_task(emulator):
+def test_an_unknown_task_polled_is_a_404_scoped_to_that_task(emulator):  # noqa: F811
     task_uuid = new_uuid()
     with pytest.raises(RunwareError) as caught:
         RunwareClient(emulator(), KEY).run([poll_task(task_uuid)])
@@ -207,7 +175,7 @@ def envelope(code: str, message: str) -> bytes:
 def test_every_status_is_classified_with_runwares_code_and_message(stand_in, status, retryable):
     url, server = stand_in(status, envelope(f"code{status}", f"message {status}"))
     with pytest.raises(RunwareError) as caught:
-        RunwareClient(url, "the-key").run([caption_task(new_uuid(), png())])
+        RunwareClient(url, "the-key").run([caption_task(new_uuid(), data_uri())])
     error = caught.value
     assert (error.status, error.code, error.message, error.retryable) == (status, f"code{status}",
                                                                           f"message {status}", retryable)
@@ -218,35 +186,35 @@ def test_every_status_is_classified_with_runwares_code_and_message(stand_in, sta
 def test_a_status_without_an_envelope_gets_a_code_from_the_status(stand_in):
     url, _ = stand_in(504, b"<html>Gateway Timeout</html>", "text/html")
     with pytest.raises(RetryableError) as caught:
-        RunwareClient(url, "k").run([caption_task(new_uuid(), png())])
+        RunwareClient(url, "k").run([caption_task(new_uuid(), data_uri())])
     assert (caught.value.code, caught.value.message) == ("http504", "Gateway Timeout")
 
 
 def test_the_older_single_error_shape_is_read(stand_in):
     url, _ = stand_in(402, orjson.dumps({"error": {"code": "insufficientCredits", "message": "top up"}}))
     with pytest.raises(RunwareError) as caught:
-        RunwareClient(url, "k").run([caption_task(new_uuid(), png())])
+        RunwareClient(url, "k").run([caption_task(new_uuid(), data_uri())])
     assert (caught.value.code, caught.value.message, caught.value.status) == ("insufficientCredits", "top up", 402)
 
 
 def test_an_unreadable_2xx_answer_is_retryable(stand_in):
     url, _ = stand_in(200, b"not json", "text/plain")
     with pytest.raises(RetryableError) as caught:
-        RunwareClient(url, "k").run([caption_task(new_uuid(), png())])
+        RunwareClient(url, "k").run([caption_task(new_uuid(), data_uri())])
     assert caught.value.code == "badAnswer"
 
 
 def test_network_errors_and_timeouts_are_retryable(stand_in):
     with pytest.raises(RetryableError) as caught:
-        RunwareClient(f"http://127.0.0.1:{free_port()}/v1", "k").run([caption_task(new_uuid(), png())])
+        RunwareClient(f"http://127.0.0.1:{free_port()}/v1", "k").run([caption_task(new_uuid(), data_uri())])
     assert caught.value.code == "network" and caught.value.status is None
     url, _ = stand_in(200, b'{"data": []}', delay=1.0)
     with pytest.raises(RetryableError) as caught:
-        RunwareClient(url, "k", timeout=0.2).run([caption_task(new_uuid(), png())])
+        RunwareClient(url, "k", timeout=0.2).run([caption_task(new_uuid(), data_uri())])
     assert caught.value.code == "timeout"
 
 
-def test_no_tasks_is_a_programming_error(emulator):
+def test_no_tasks_is_a_programming_error(emulator):  # noqa: F811
     with pytest.raises(ValueError):
         RunwareClient(emulator(), KEY).run([])
 

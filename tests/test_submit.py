@@ -13,7 +13,6 @@ from decimal import Decimal
 import orjson
 import pytest
 import redis
-import requests
 import sqlalchemy as sa
 from PIL import Image
 from rq import Queue
@@ -27,6 +26,7 @@ from store.results import apply_results
 from store.schema import utcnow
 from tests.helpers import new_uuid
 from tests.submitting import EMULATOR_KEY
+from tests.submitting import Counting
 from tests.submitting import data_uri
 from tests.submitting import emulator  # noqa: F401  (fixture)
 from tests.submitting import image_bytes
@@ -54,18 +54,6 @@ AUTH = {"Authorization": "Bearer submit-token"}
 def post_json(client, body: dict, headers: dict | None = None):
     return client.post("/api/captions", data=orjson.dumps(body), content_type="application/json",
                        headers=AUTH if headers is None else headers)
-
-
-class Counting(requests.Session):
-    """Remembers the task arrays it sent, one list per request."""
-
-    def __init__(self):
-        super().__init__()
-        self.sent: list[list[dict]] = []
-
-    def post(self, url, data=None, **kwargs):
-        self.sent.append(orjson.loads(data))
-        return super().post(url, data=data, **kwargs)
 
 
 def submitter(engine, config, session=None) -> Submitter:
