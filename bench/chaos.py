@@ -58,8 +58,8 @@ from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
 from dataclasses import field
+from datetime import UTC
 from datetime import datetime
-from datetime import timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -687,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
         except BenchError as exc:
             progress(f"did not settle: {exc}")
         result = {
-            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "seed": args.seed, "duration_s": round(args.duration), "database": database_url.split(":")[0],
             "settle_s": round(time.monotonic() - settle_start),
             **account(stack, ledger),
@@ -698,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
                          "persist_workers": args.persist_workers, "submit_workers": args.submit_workers},
         }
         args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"ledger-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{args.seed}.json"
+        path = args.out / f"ledger-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{args.seed}.json"
         path.write_text(json.dumps(result, indent=2))
         print_table(result)
         progress(f"ledger written to {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")

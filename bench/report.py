@@ -155,7 +155,8 @@ def _drain_md(p: dict) -> list[str]:
                    f"{_num(line['ratio_per_job'], 1)}x |")
     extra = p.get("sqlite_aof_off")
     if extra:
-        out.append(f"| SQLite, Redis AOF off (extra) | | | {_num(extra['per_s'])} | | {_num(extra['ratio_raw'], 2)} | | |")
+        out.append(f"| SQLite, Redis AOF off (extra) | | | {_num(extra['per_s'])} | | "
+                   f"{_num(extra['ratio_raw'], 2)} | | |")
     for key in ("sqlite", "postgres"):
         drained = _get(p, key, "drain")
         if drained:
@@ -338,7 +339,8 @@ def _target_bars(results: dict) -> list[tuple]:
 
 
 def _short(name: str) -> str:
-    return (name.replace("one job per delivery", "1 job/delivery").replace("raw bulk write of the same rows", "raw, same rows")
+    return (name.replace("one job per delivery", "1 job/delivery")
+            .replace("raw bulk write of the same rows", "raw, same rows")
             .replace("raw upsert of the task rows alone (stricter)", "raw task rows")
             .replace(" (seconds of traffic)", ", s").replace("backlog at the end of the 90% load", "90% load: backlog")
             .replace("p99 receipt-to-stored at 90% load", "90% load: p99 receipt→stored")

@@ -246,7 +246,7 @@ def caption_samples(env: dict[str, str]) -> None:
         f"Dashboard:     {base}/dashboard   (sign in with the read token)",
         f"Task list:     curl -sS -H 'Authorization: Bearer {tok['READ_TOKENS']}' {base}/api/tasks",
         f"Totals:        curl -sS -H 'Authorization: Bearer {tok['READ_TOKENS']}' {base}/api/stats",
-        f"Your images:   .venv/bin/flask --app wsgi captions submit PATH_OR_URL... --wait",
+        "Your images:   .venv/bin/flask --app wsgi captions submit PATH_OR_URL... --wait",
     ]
     print("\n".join(["", *lines, ""]), flush=True)
 

@@ -8,6 +8,7 @@ See emulator/README.md.
 
 from .app import create_app
 from .server import serve_in_thread
-from .settings import Faults, Settings
+from .settings import Faults
+from .settings import Settings
 
 __all__ = ["Faults", "Settings", "create_app", "serve_in_thread"]

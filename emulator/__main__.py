@@ -7,7 +7,9 @@ import signal
 import sys
 import threading
 
-from .server import close_server, make_emulator_server, server_url
+from .server import close_server
+from .server import make_emulator_server
+from .server import server_url
 from .settings import parse_args
 
 

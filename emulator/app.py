@@ -19,12 +19,17 @@ import logging
 import threading
 
 import orjson
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint
+from flask import Flask
+from flask import Response
+from flask import current_app
+from flask import request
 from werkzeug.exceptions import HTTPException
 
 from .delivery import WebhookSender
 from .dice import Dice
-from .errors import ApiError, response_status
+from .errors import ApiError
+from .errors import response_status
 from .records import Records
 from .settings import Settings
 from .tasks import TaskRunner

@@ -19,7 +19,11 @@ from __future__ import annotations
 import colorsys
 from collections import Counter
 
-from PIL import Image, ImageChops, ImageFilter, ImageOps, ImageStat
+from PIL import Image
+from PIL import ImageChops
+from PIL import ImageFilter
+from PIL import ImageOps
+from PIL import ImageStat
 
 BASE_COST = 0.0019
 COST_PER_MEGAPIXEL = 0.0001

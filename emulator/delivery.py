@@ -26,8 +26,11 @@ import requests
 
 from .dice import Dice
 from .errors import ApiError
-from .records import Records, TaskRecord, iso
-from .redaction import redact_text, redact_url
+from .records import Records
+from .records import TaskRecord
+from .records import iso
+from .redaction import redact_text
+from .redaction import redact_url
 from .scheduler import Scheduler
 from .settings import Settings
 

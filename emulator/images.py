@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import requests
 from PIL import Image
 
-from .errors import ApiError, invalid
+from .errors import ApiError
+from .errors import invalid
 from .settings import Settings
 
 CAPTION_FORMATS = ("PNG", "JPEG", "WEBP")

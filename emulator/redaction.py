@@ -7,7 +7,11 @@ so every URL is shown with those values replaced by REDACTED, and error texts
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl
+from urllib.parse import quote
+from urllib.parse import urlencode
+from urllib.parse import urlsplit
+from urllib.parse import urlunsplit
 
 REDACTED = "REDACTED"
 SECRET_PARAMS = frozenset({

@@ -21,12 +21,15 @@ import time
 import uuid as uuidlib
 from urllib.parse import urlsplit
 
-from . import captioner, images
+from . import captioner
+from . import images
 from .delivery import WebhookSender
 from .dice import Dice
-from .errors import ApiError, invalid
+from .errors import ApiError
+from .errors import invalid
 from .images import DecodedImage
-from .records import Records, TaskRecord
+from .records import Records
+from .records import TaskRecord
 from .scheduler import Scheduler
 from .settings import Settings
 

@@ -19,8 +19,8 @@ and maximum 1000) per call, the answer saying how many remain.
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from datetime import datetime
-from datetime import timezone
 
 import click
 from flask import Blueprint
@@ -53,7 +53,7 @@ def parse_time(value: str | None, name: str) -> datetime | None:
         moment = datetime.fromisoformat(str(value))
     except ValueError:
         raise BadRequest(f"{name}: not an ISO 8601 time: {value!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def parse_replay(body: object) -> dict:

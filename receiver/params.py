@@ -12,8 +12,8 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable
+from datetime import UTC
 from datetime import datetime
-from datetime import timezone
 
 import orjson
 from werkzeug.datastructures import MultiDict
@@ -78,8 +78,8 @@ class Params:
         try:
             parsed = datetime.fromisoformat(value)
             if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=timezone.utc)
-            return parsed.astimezone(timezone.utc)
+                parsed = parsed.replace(tzinfo=UTC)
+            return parsed.astimezone(UTC)
         except (ValueError, OverflowError):
             hint = " (write '+' as %2B in a URL, or use Z)" if " " in value else ""
             raise ParamError(name, f"{value!r} is not an ISO 8601 date or time{hint}") from None
@@ -104,7 +104,7 @@ class Params:
 
 def encode_cursor(updated_at: datetime, task_uuid: str) -> str:
     """An opaque page cursor: the sort key of the last row shown, base64url-encoded."""
-    raw = orjson.dumps([updated_at.astimezone(timezone.utc).isoformat(), task_uuid])
+    raw = orjson.dumps([updated_at.astimezone(UTC).isoformat(), task_uuid])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -116,6 +116,6 @@ def decode_cursor(value: str, name: str = "cursor") -> tuple[datetime, str]:
         updated_at = datetime.fromisoformat(when)
         if updated_at.tzinfo is None or not UUID_RE.match(task_uuid):
             raise ValueError
-        return updated_at.astimezone(timezone.utc), task_uuid.lower()
+        return updated_at.astimezone(UTC), task_uuid.lower()
     except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError, OverflowError):
         raise ParamError(name, "not a cursor returned by this API") from None

@@ -35,6 +35,7 @@ from workers.queues import queue_delivery
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
 
+
 def reject(outcome: str, status: int, message: str, **extra):
     """Count a rejected request by its outcome and answer with a JSON error."""
     metrics.webhook_outcome(outcome)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
+from PIL import ImageDraw
 
 HERE = Path(__file__).resolve().parent
 

@@ -17,6 +17,7 @@ out by hand from the rows below; the comments say which row counts where.
 
 from __future__ import annotations
 
+from datetime import UTC
 from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
@@ -28,7 +29,6 @@ from store.schema import dead_letters
 from store.schema import deliveries
 from store.schema import tasks
 
-UTC = timezone.utc
 PLUS_TWO = timezone(timedelta(hours=2))
 
 

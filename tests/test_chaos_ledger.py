@@ -41,14 +41,15 @@ def test_a_clean_run_balances():
 
 
 @pytest.mark.parametrize("spoil, kind", [
-    (lambda l, s, g, i, e, a: i.discard("2-0"), "lost"),  # an acknowledged external delivery not logged
-    (lambda l, s, g, i, e, a: g.update({SUBMITTED: -1}), "lost"),  # a webhook the emulator saw acked, not logged
-    (lambda l, s, g, i, e, a: s.pop(SUBMITTED), "lost"),  # a submitted task gone
-    (lambda l, s, g, i, e, a: s[SUBMITTED].update(status="submitted"), "lost"),  # never settled
-    (lambda l, s, g, i, e, a: s[SUBMITTED].update(delivery_count=3), "doubled"),  # a delivery counted twice
-    (lambda l, s, g, i, e, a: s[EXTERNAL].update(cost="0.004"), "doubled"),  # a cost added up twice
-    (lambda l, s, g, i, e, a: (g.update({EXTERNAL: 2}), s[EXTERNAL].update(delivery_count=3),
-                               l.attempts.update({EXTERNAL: -1})), "doubled"),  # logged more often than ever sent
+    (lambda ledger, s, g, i, e, a: i.discard("2-0"), "lost"),  # an acknowledged external delivery not logged
+    (lambda ledger, s, g, i, e, a: g.update({SUBMITTED: -1}), "lost"),  # a webhook the emulator saw acked, not logged
+    (lambda ledger, s, g, i, e, a: s.pop(SUBMITTED), "lost"),  # a submitted task gone
+    (lambda ledger, s, g, i, e, a: s[SUBMITTED].update(status="submitted"), "lost"),  # never settled
+    (lambda ledger, s, g, i, e, a: s[SUBMITTED].update(delivery_count=3), "doubled"),  # a delivery counted twice
+    (lambda ledger, s, g, i, e, a: s[EXTERNAL].update(cost="0.004"), "doubled"),  # a cost added up twice
+    # logged more often than ever sent
+    (lambda ledger, s, g, i, e, a: (g.update({EXTERNAL: 2}), s[EXTERNAL].update(delivery_count=3),
+                                    ledger.attempts.update({EXTERNAL: -1})), "doubled"),
 ])
 def test_a_loss_or_a_double_is_found(spoil, kind):
     parts = world()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC
 from datetime import datetime
 from datetime import timedelta
-from datetime import timezone
 from decimal import Decimal
 
 import sqlalchemy as sa
@@ -20,7 +20,7 @@ from store.results import save_deliveries
 from store.schema import deliveries as log_table
 from store.schema import tasks
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 KINDS = ("ack", "error", "success", "other-success")
 
 events = st.lists(
@@ -120,7 +120,7 @@ AWKWARD_TEXT = "tab\there, newline\nthere, backslash \\ and \\N, quote ' \" , é
 
 def test_text_and_numbers_are_stored_exactly(engine):
     """The bulk write path (a COPY on PostgreSQL) keeps every character and digit as sent."""
-    task, at = str(uuid.uuid4()), datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=timezone.utc)
+    task, at = str(uuid.uuid4()), datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
     item = Result(task, "success", at, text=AWKWARD_TEXT, cost=Decimal("0.0000123456"),
                   task_type="imageCaption", model="runware:150@2")
     with engine.begin() as conn:
@@ -135,7 +135,7 @@ def test_text_and_numbers_are_stored_exactly(engine):
 
 def test_a_rolled_back_batch_does_not_break_the_next(engine):
     """A batch written then rolled back leaves nothing, and the same connection writes the next one."""
-    at = datetime(2026, 3, 4, tzinfo=timezone.utc)
+    at = datetime(2026, 3, 4, tzinfo=UTC)
     first, second = (Result(str(uuid.uuid4()), "success", at, text="x", cost=Decimal("0.002")) for _ in range(2))
     with engine.connect() as conn:
         with conn.begin() as tx:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from datetime import UTC
 from datetime import datetime
 from datetime import timedelta
-from datetime import timezone
 
 import pytest
 import sqlalchemy as sa
@@ -153,7 +153,7 @@ def test_replay_by_id_stores_the_item_once(admin, client, config, engine, refusa
 
 
 def test_replay_by_time_range_then_all(admin, engine):
-    base = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+    base = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     uuids = [new_uuid() for _ in range(4)]
     ids = [add_letter(engine, u, base + timedelta(hours=i)) for i, u in enumerate(uuids)]
 
@@ -168,7 +168,7 @@ def test_replay_by_time_range_then_all(admin, engine):
 
 
 def test_replay_in_chunks_says_what_remains(admin, engine):
-    base = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    base = datetime(2026, 3, 1, tzinfo=UTC)
     for i in range(5):
         add_letter(engine, new_uuid(), base + timedelta(minutes=i))
     first = admin.post("/api/dead-letters/replay", json={"all": True, "limit": 2}, headers=ADMIN)
@@ -176,7 +176,7 @@ def test_replay_in_chunks_says_what_remains(admin, engine):
 
 
 def test_concurrent_replays_store_each_letter_once(engine, database_url):
-    base = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    base = datetime(2026, 3, 1, tzinfo=UTC)
     uuids = [new_uuid() for _ in range(40)]
     for i, u in enumerate(uuids):
         add_letter(engine, u, base + timedelta(seconds=i))
@@ -199,7 +199,7 @@ def test_concurrent_replays_store_each_letter_once(engine, database_url):
 
 
 def test_list_shows_pending_then_replayed(admin, client, engine):
-    base = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    base = datetime(2026, 3, 1, tzinfo=UTC)
     first = add_letter(engine, new_uuid(), base)
     second = add_letter(engine, new_uuid(), base + timedelta(hours=1))
     admin.post("/api/dead-letters/replay", json={"ids": [first]}, headers=ADMIN)
@@ -253,7 +253,7 @@ def test_bad_replay_requests_say_why(admin, body, fragment):
 
 
 def test_cli_lists_and_replays(admin_app, engine):
-    base = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    base = datetime(2026, 3, 1, tzinfo=UTC)
     uuids = [new_uuid() for _ in range(3)]
     ids = [add_letter(engine, u, base + timedelta(hours=i)) for i, u in enumerate(uuids)]
     runner = admin_app.test_cli_runner()
@@ -275,7 +275,7 @@ def test_cli_lists_and_replays(admin_app, engine):
 
 
 def test_cli_replay_exits_1_when_a_letter_is_refused_again(admin_app, engine, refusal):
-    add_letter(engine, new_uuid(), datetime(2026, 3, 1, tzinfo=timezone.utc), text="poison")
+    add_letter(engine, new_uuid(), datetime(2026, 3, 1, tzinfo=UTC), text="poison")
     result = admin_app.test_cli_runner().invoke(args=["deadletters", "replay", "--all"])
     assert result.exit_code == 1
     assert "refused again" in result.output
@@ -283,7 +283,7 @@ def test_cli_replay_exits_1_when_a_letter_is_refused_again(admin_app, engine, re
 
 def test_an_error_item_replays_as_an_error(admin, engine):
     letter_task = new_uuid()
-    created = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    created = datetime(2026, 3, 1, tzinfo=UTC)
     with engine.begin() as conn:
         item = {k: v for k, v in failure(letter_task).items()}
         letter = conn.execute(dead_letters.insert().values(

@@ -22,9 +22,12 @@ import pytest
 import requests
 from PIL import Image
 from werkzeug.serving import make_server
-from werkzeug.wrappers import Request, Response
+from werkzeug.wrappers import Request
+from werkzeug.wrappers import Response
 
-from emulator import Faults, Settings, serve_in_thread
+from emulator import Faults
+from emulator import Settings
+from emulator import serve_in_thread
 from emulator.captioner import cost as caption_cost
 from emulator.settings import parse_args
 from tests.helpers import new_uuid

@@ -21,8 +21,8 @@ from workers.persist import to_delivery
 from workers.persist import write
 from workers.queues import DELIVERY_STREAM
 from workers.queues import DRAIN_FLAG
-from workers.queues import drain_flag
 from workers.queues import PERSIST_QUEUE
+from workers.queues import drain_flag
 
 POISON_TRIGGERS = {
     "sqlite": [

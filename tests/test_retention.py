@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from datetime import datetime
 from datetime import timedelta
-from datetime import timezone
 
 import pytest
 import redis
@@ -95,7 +95,7 @@ def test_purge_keeps_pending_dead_letters_whatever_their_age(engine):
 def test_the_cutoff_spares_the_log_of_deliveries_still_in_the_stream(redis_url):
     conn = redis.Redis.from_url(redis_url)
     config = Config(delivery_retention_days=30)
-    now = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 6, 1, tzinfo=UTC)
     assert maintenance.retention_cutoff(config, conn, now) == now - timedelta(days=30)
 
     queued_at = now - timedelta(days=45)

@@ -21,9 +21,9 @@ import logging
 import time
 from dataclasses import dataclass
 from dataclasses import field
+from datetime import UTC
 from datetime import datetime
 from datetime import timedelta
-from datetime import timezone
 from decimal import Decimal
 
 import redis
@@ -146,7 +146,7 @@ def oldest_queued_at(conn: redis.Redis) -> datetime | None:
     if not first:
         return None
     millis = int(first[0][0].split(b"-")[0])
-    return datetime.fromtimestamp(millis / 1000, timezone.utc)
+    return datetime.fromtimestamp(millis / 1000, UTC)
 
 
 def _delete_in_batches(engine: sa.Engine, table: sa.Table, key: sa.Column, *where, batch_size: int) -> int:

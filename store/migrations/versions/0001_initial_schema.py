@@ -4,9 +4,8 @@ Revision ID: 0001
 Revises:
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0001'
 down_revision = None
@@ -51,8 +50,10 @@ def upgrade() -> None:
     sa.Column('cost', sa.Numeric(precision=20, scale=10), nullable=True, comment='USD, as reported by Runware'),
     sa.Column('error_code', sa.String(length=128), nullable=True),
     sa.Column('error_message', sa.Text(), nullable=True),
-    sa.Column('conflict', sa.Boolean(), server_default=sa.false(), nullable=False, comment='a later success disagreed with the stored one'),
-    sa.Column('result_at', sa.DateTime(timezone=True), nullable=True, comment='receipt time of the delivery that set the result'),
+    sa.Column('conflict', sa.Boolean(), server_default=sa.false(), nullable=False,
+              comment='a later success disagreed with the stored one'),
+    sa.Column('result_at', sa.DateTime(timezone=True), nullable=True,
+              comment='receipt time of the delivery that set the result'),
     sa.Column('delivery_count', sa.Integer(), server_default='0', nullable=False),
     sa.Column('first_delivery_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_delivery_at', sa.DateTime(timezone=True), nullable=True),
@@ -71,7 +72,6 @@ def upgrade() -> None:
     op.create_index('ix_tasks_last_delivery', 'tasks', ['last_delivery_at'])
     op.create_index('ix_tasks_next_poll', 'tasks', ['next_poll_at'])
     op.create_index('ix_tasks_status_created', 'tasks', ['status', 'created_at'])
-
 
 
 def downgrade() -> None:
