@@ -14,12 +14,13 @@ import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import field
+from datetime import UTC
 from datetime import datetime
-from datetime import timezone
 from decimal import Decimal
 
 import orjson
 import sqlalchemy as sa
+from psycopg import sql as psycopg_sql
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite
 
@@ -87,12 +88,19 @@ def _earliest(new: sa.ColumnElement, old: sa.ColumnElement, earlier: bool = True
     return sa.case((new.is_(None), old), (old.is_(None), new), (better, new), else_=old)
 
 
+STAGING = sa.Table(
+    "tasks_staging", sa.MetaData(), *(sa.Column(c.name, c.type) for c in tasks.c),
+    prefixes=["TEMPORARY"], postgresql_on_commit="DELETE ROWS",
+)
+"""PostgreSQL: a session's temporary table, shaped like `tasks`, that a batch is COPYed into before the merge."""
+
+
 def _merge_statement(dialect: str, staged: tuple[str, ...] = ()) -> sa.Insert:
     """The merge as `INSERT … VALUES`, or with `staged` columns as `INSERT … SELECT` from STAGING."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert(tasks)
     if staged:
-        stmt = stmt.from_select(staged, sa.select(*map(sa.column, staged)).select_from(sa.table(STAGING)))
+        stmt = stmt.from_select(staged, sa.select(*(STAGING.c[name] for name in staged)))
     new, old = stmt.excluded, tasks.c
     wins = sa.or_(
         _rank(new.status) > _rank(old.status),
@@ -103,13 +111,14 @@ def _merge_statement(dialect: str, staged: tuple[str, ...] = ()) -> sa.Insert:
         return sa.case((wins, new[name]), else_=old[name])
 
     disagree = sa.or_(old.text.is_distinct_from(new.text), old.cost.is_distinct_from(new.cost))
+    second_success = sa.and_(old.status == _literal("success"), new.status == old.status)
     return stmt.on_conflict_do_update(
         index_elements=[tasks.c.task_uuid],
         set_={
             **{name: pick(name) for name in ("status", "text", "cost", "error_code", "error_message", "result_at")},
             "task_type": sa.func.coalesce(old.task_type, new.task_type),
             "model": sa.func.coalesce(old.model, new.model),
-            "conflict": sa.or_(old.conflict, sa.and_(old.status == _literal("success"), new.status == old.status, disagree)),
+            "conflict": sa.or_(old.conflict, sa.and_(second_success, disagree)),
             "delivery_count": old.delivery_count + new.delivery_count,
             "first_delivery_at": _earliest(new.first_delivery_at, old.first_delivery_at),
             "last_delivery_at": _earliest(new.last_delivery_at, old.last_delivery_at, earlier=False),
@@ -129,10 +138,6 @@ def _rounds(rows: list[dict]) -> Iterable[list[dict]]:
             rounds.append([])
         rounds[n].append(row)
     return rounds
-
-
-STAGING = "tasks_staging"
-"""PostgreSQL: a session's temporary table that a batch is COPYed into before the merge."""
 
 
 @functools.cache
@@ -156,11 +161,12 @@ def _copy_type(column: sa.Column) -> str:
     raise TypeError(f"no COPY type for column {column.name} ({kind!r})")
 
 
-def _copy(conn: sa.Connection, table: sa.Table, rows: list[dict], into: str | None = None) -> None:
-    """Binary COPY of rows into `table` (or `into`, shaped like it), inside the connection's transaction."""
+def _copy(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
+    """Binary COPY of rows into `table`, inside the connection's transaction."""
     columns = tuple(rows[0])
-    sql = f"COPY {into or table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
-    with conn.connection.cursor() as cursor, cursor.copy(sql) as copy:
+    statement = psycopg_sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        psycopg_sql.Identifier(table.name), psycopg_sql.SQL(", ").join(map(psycopg_sql.Identifier, columns)))
+    with conn.connection.cursor() as cursor, cursor.copy(statement) as copy:
         copy.set_types([_copy_type(table.c[name]) for name in columns])
         for row in rows:
             copy.write_row(tuple(row.values()))
@@ -184,14 +190,12 @@ def _run(conn: sa.Connection, statement: str, rounds: list[list[dict]]) -> None:
         for rows in rounds:
             _copy(conn, deliveries, rows)
     else:
-        columns = tuple(rounds[0][0])
-        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING} ON COMMIT DELETE ROWS AS "
-                             f"SELECT {', '.join(columns)} FROM {tasks.name} WITH NO DATA")
+        conn.execute(sa.schema.CreateTable(STAGING, if_not_exists=True))
         for n, rows in enumerate(rounds):
             if n:
-                conn.exec_driver_sql(f"DELETE FROM {STAGING}")
-            _copy(conn, tasks, rows, into=STAGING)
-            conn.exec_driver_sql(_sql("merge staged", dialect, columns))
+                conn.execute(STAGING.delete())
+            _copy(conn, STAGING, rows)
+            conn.exec_driver_sql(_sql("merge staged", dialect, tuple(rows[0])))
 
 
 def _db_values(conn: sa.Connection):
@@ -202,7 +206,7 @@ def _db_values(conn: sa.Connection):
 
     def time(value: datetime | None) -> str | None:
         if value not in cache:
-            cache[value] = value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
+            cache[value] = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
         return cache[value]
 
     return time, lambda d: None if d is None else str(d)

@@ -20,8 +20,8 @@ import logging
 import os
 import socket
 import time
+from datetime import UTC
 from datetime import datetime
-from datetime import timezone
 
 import redis
 import sqlalchemy as sa
@@ -37,10 +37,9 @@ from workers import metrics
 from workers import payloads
 from workers.queues import DELIVERY_GROUP
 from workers.queues import DELIVERY_STREAM
-from workers.queues import DRAIN_FLAG
 from workers.queues import DRAIN_FLAG_TTL
-from workers.queues import drain_flag
 from workers.queues import connect
+from workers.queues import drain_flag
 from workers.queues import enqueue_drain
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,7 @@ def ensure_group(conn: redis.Redis) -> None:
 def to_delivery(entry_id: str, fields: dict[bytes, bytes]) -> Delivery:
     """A stream entry as a parsed Delivery; an unparseable body keeps its reason."""
     body = fields.get(b"body", b"")
-    received_at = datetime.fromtimestamp(float(fields[b"at"]), timezone.utc)
+    received_at = datetime.fromtimestamp(float(fields[b"at"]), UTC)
     try:
         results, skipped = payloads.parse(body, received_at)
     except payloads.PayloadError as exc:
