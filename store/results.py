@@ -20,7 +20,6 @@ from decimal import Decimal
 
 import orjson
 import sqlalchemy as sa
-from psycopg import sql as psycopg_sql
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite
 
@@ -163,6 +162,8 @@ def _copy_type(column: sa.Column) -> str:
 
 def _copy(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
     """Binary COPY of rows into `table`, inside the connection's transaction."""
+    from psycopg import sql as psycopg_sql  # here, so that a SQLite deployment never loads libpq
+
     columns = tuple(rows[0])
     statement = psycopg_sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         psycopg_sql.Identifier(table.name), psycopg_sql.SQL(", ").join(map(psycopg_sql.Identifier, columns)))
