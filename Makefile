@@ -64,6 +64,8 @@ chaos: venv ## kill workers, gunicorn workers and Redis at random under load, th
 
 .PHONY: fuzz
 FUZZ_REQUESTS ?= 100000
-fuzz: venv ## send FUZZ_REQUESTS (100,000) hostile requests at every route, then drain (tests/test_fuzz.py); FUZZ_SEED=n repeats a run
-	FUZZ_REQUESTS=$(FUZZ_REQUESTS) $(BIN)/python -m pytest "tests/test_fuzz.py::test_generated_requests[sqlite]" \
-		-q -s --timeout 0 $(PYTEST_ARGS)
+ATHERIS_RUNS ?= 200000
+fuzz: venv ## FUZZ_REQUESTS (100,000) hostile requests at every route, then drain; ATHERIS_RUNS coverage-guided webhook bodies (tests/test_fuzz.py); FUZZ_SEED=n repeats a run
+	FUZZ_REQUESTS=$(FUZZ_REQUESTS) ATHERIS_RUNS=$(ATHERIS_RUNS) $(BIN)/python -m pytest -q -s --timeout 0 \
+		"tests/test_fuzz.py::test_generated_requests[sqlite]" tests/test_fuzz.py::test_coverage_guided_webhook_bodies \
+		$(PYTEST_ARGS)

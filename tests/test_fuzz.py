@@ -17,7 +17,10 @@ import base64
 import json
 import os
 import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -50,6 +53,7 @@ from workers.queues import DELIVERY_STREAM
 from workers.queues import PERSIST_QUEUE
 
 FUZZ_REQUESTS = int(os.environ.get("FUZZ_REQUESTS", "1000"))
+ATHERIS_RUNS = int(os.environ.get("ATHERIS_RUNS", "20000"))
 FUZZ_SEED = int(os.environ.get("FUZZ_SEED") or random.randrange(2**32))
 ALL_TOKENS = {"WEBHOOK_TOKENS": ["hook-old", "hook-new"], "READ_TOKENS": ["read-token"],
               "SUBMIT_TOKENS": ["submit-token"], "ADMIN_TOKENS": ["admin-token"], "METRICS_TOKENS": ["metrics-token"]}
@@ -197,3 +201,29 @@ def test_generated_requests(fuzz_app, config, engine):
     assert not tally.problems, report + "\n" + "\n".join(tally.problems)
     assert len(tally.sent) >= 15, "every kind of request was sent"
     drain_and_check(config, engine, tally)
+
+
+def test_coverage_guided_webhook_bodies(redis_url, sqlite_url, tmp_path):
+    """atheris mutates webhook bodies towards new branches of the parser and the receiver
+    (tests/atheris_webhook.py): no answer of 500 or more, and every answer agrees with the parser."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    task = "0a8e4d0e-34c4-4b57-9e0e-3c4e8e5c1c3a"
+    seeds = [
+        {"data": [{"taskType": "imageCaption", "taskUUID": task, "text": "a cat on a mat", "cost": 0.0019}]},
+        {"errors": [{"code": "timeoutProvider", "message": "timed out", "taskUUID": task}]},
+        {"taskType": "caption", "taskUUID": task, "text": "a dog", "cost": 0.002, "model": "runware:150@2"},
+        {"data": [{"taskUUID": task, "text": "x"}, {"taskUUID": "nope"}], "errors": [{"taskUUID": task}]},
+    ]
+    for n, seed in enumerate(seeds):
+        (corpus / f"seed-{n}").write_bytes(json.dumps(seed).encode())
+    env = {**os.environ, "APP_ENV": "development", "REDIS_URL": redis_url, "DATABASE_URL": sqlite_url,
+           "WEBHOOK_TOKENS": "hook", "READ_TOKENS": "read", "SUBMIT_TOKENS": "submit"}
+    script = Path(__file__).with_name("atheris_webhook.py")
+    run = subprocess.run(
+        [sys.executable, str(script), f"-runs={ATHERIS_RUNS}", f"-seed={FUZZ_SEED % (2**31 - 1) + 1}",
+         "-max_len=8192", str(corpus)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert f"Done {ATHERIS_RUNS} runs" in run.stderr
