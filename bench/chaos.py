@@ -79,6 +79,7 @@ from bench.common import postgres_database
 from bench.common import sqlite_database
 from bench.common import wait_for_redis
 from bench.common import wait_until
+from config import Config
 
 WEBHOOK = "/webhooks/runware"
 KILL_WEIGHTS = {"persist-horse": 3, "persist-worker": 2, "submit-worker": 2, "gunicorn-worker": 3, "cron": 1,
@@ -197,6 +198,8 @@ class Stack:
         self.web.env["PUBLIC_URL"] = public
         self.web.start()
         env = self.env(PUBLIC_URL=public)
+        if args.persist_workers is None:  # as deployed: one per drain that may run at once
+            args.persist_workers = Config.from_env(env).persist_concurrency
         python = sys.executable
         self.services = [
             *(Service(f"persist-{i}", [python, "-m", "workers", "persist"], env, self.logs)
@@ -628,7 +631,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--webhook-rate", type=float, default=10.0, help="external webhook results per second")
     parser.add_argument("--kill-every", type=float, default=3.0, help="mean seconds between two kills")
     parser.add_argument("--web-workers", type=int, default=3)
-    parser.add_argument("--persist-workers", type=int, default=2)
+    parser.add_argument("--persist-workers", type=int, default=None,
+                        help="default: PERSIST_CONCURRENCY for the store (2 on SQLite, 3 on PostgreSQL)")
     parser.add_argument("--submit-workers", type=int, default=2)
     parser.add_argument("--settle", type=float, default=420.0, help="longest wait for the stack to settle")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "chaos", help="folder of the ledgers")
