@@ -222,8 +222,8 @@ def test_coverage_guided_webhook_bodies(redis_url, sqlite_url, tmp_path):
     script = Path(__file__).with_name("atheris_webhook.py")
     run = subprocess.run(
         [sys.executable, str(script), f"-runs={ATHERIS_RUNS}", f"-seed={FUZZ_SEED % (2**31 - 1) + 1}",
-         "-max_len=8192", str(corpus)],
+         "-max_len=8192", f"-artifact_prefix={tmp_path}/", str(corpus)],
         env=env, capture_output=True, text=True, timeout=600,
     )
-    assert run.returncode == 0, run.stderr[-4000:]
+    assert run.returncode == 0, run.stderr[-4000:]  # a failing input is kept in tmp_path as crash-*
     assert f"Done {ATHERIS_RUNS} runs" in run.stderr
