@@ -6,8 +6,9 @@ workers (webhook outcomes, enqueue latency) and the drain jobs of the RQ workers
 With PROMETHEUS_MULTIPROC_DIR set, each process keeps its values in files in that
 directory and a scrape adds them all up, so `/metrics` shows the whole service
 whichever gunicorn worker answers. The directory must be the same for the web and
-worker processes of a host, and emptied before they start (`make run` and the
-deploy files do both). Without it, each process shows only its own values.
+worker processes of a host; the files of processes that have exited are merged as
+they pile up (receiver/metric_files.py). Without it, each process shows only its
+own values.
 
 Queue depth, the age of the oldest pending delivery and the spend are not counted
 but read at scrape time: from the Redis stream (one pipelined round trip) and from
@@ -26,6 +27,7 @@ import logging
 import os
 import threading
 import time
+from pathlib import Path
 
 import redis
 import sqlalchemy as sa
@@ -38,9 +40,9 @@ from prometheus_client import Histogram
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector
 from rq import Queue
 
+from receiver import metric_files
 from receiver.auth import bearer_token
 from receiver.auth import token_matches
 from receiver.errors import error_response
@@ -112,7 +114,7 @@ class ServiceCollector:
     def collect(self):
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if directory and os.path.isdir(directory):
-            yield from MultiProcessCollector(None, path=directory).collect()
+            yield from metric_files.collect(Path(directory))
         else:
             yield from REGISTRY.collect()
         up = GaugeMetricFamily("captions_up", "1 when the dependency answered this scrape", labels=["dependency"])

@@ -12,6 +12,7 @@ import requests
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from receiver import metric_files
 from receiver import metrics
 from tests.conftest import TOKENS
 from tests.helpers import new_uuid
@@ -137,3 +138,55 @@ def test_one_view_across_gunicorn_workers_and_the_rq_worker(config, tmp_path):
     assert found[("captions_failed_items_total", (("reason", "invalid_item"),))] == 10
     assert found[("captions_receipt_to_stored_seconds_count", ())] == 10
     assert found[("captions_queue_depth", ())] == 0
+
+
+COUNTING = """
+import sys, time
+from receiver import metric_files
+from receiver import metrics
+metrics.enqueued(0.003)
+metrics.enqueued(0.003)
+metrics.webhook_outcome("bad_json")
+print("counted", flush=True)
+if sys.argv[1:] == ["stay"]:
+    time.sleep(60)
+"""
+
+
+def test_files_of_exited_processes_are_merged_and_the_totals_kept(client, tmp_path, monkeypatch):
+    """Work horses and recycled web workers leave a file each; a scrape merges them once they pile up."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(metric_files, "COMPACT_AFTER", 4)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+
+    def processes(n: int) -> None:
+        for _ in range(n):
+            subprocess.run([sys.executable, "-c", COUNTING], cwd=ROOT, env=env, check=True, timeout=60)
+
+    def totals() -> tuple[float, float, float, float]:
+        found = scrape(client)
+        return (found[("captions_webhook_requests_total", (("outcome", "accepted"),))],
+                found[("captions_webhook_requests_total", (("outcome", "bad_json"),))],
+                found[("captions_enqueue_seconds_bucket", (("le", "0.005"),))],
+                found[("captions_enqueue_seconds_count", ())])
+
+    processes(2)  # 4 files: not yet more than COMPACT_AFTER
+    assert totals() == (4, 2, 4, 4)
+    assert len(list(tmp_path.glob("*_archive.db"))) == 0
+    staying = subprocess.Popen([sys.executable, "-c", COUNTING, "stay"], cwd=ROOT, env=env, stdout=subprocess.PIPE)
+    try:
+        assert staying.stdout.readline() == b"counted\n"
+        processes(1)
+        assert totals() == (8, 4, 8, 8)  # 6 exited files merged, the live process's files kept
+        assert sorted(p.name for p in tmp_path.glob("*.db")) == sorted(
+            ["counter_archive.db", "histogram_archive.db", f"counter_{staying.pid}.db", f"histogram_{staying.pid}.db"])
+        processes(3)
+        assert totals() == (14, 7, 14, 14)  # merged again, into the same archives
+    finally:
+        staying.kill()
+        staying.wait()
+        staying.stdout.close()
+    assert metric_files.compact(tmp_path) == 2, "the killed process's files, once it has exited"
+    assert totals() == (14, 7, 14, 14)
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["counter_archive.db", "histogram_archive.db"]
+    assert metric_files.compact(tmp_path) == 0
