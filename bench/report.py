@@ -265,11 +265,11 @@ INK, FAINT = "#212121", "#e0e0e0"
 
 
 def _font(size: int, bold: bool = False) -> ImageFont.ImageFont:
-    for name in (("DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"),):
-        try:
-            return ImageFont.truetype(name, size)
-        except OSError:
-            pass
+    """DejaVu when the system has it, else Pillow's own font (scalable where Pillow has FreeType)."""
+    try:
+        return ImageFont.truetype("DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf", size)
+    except OSError:
+        pass
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # a Pillow without FreeType
