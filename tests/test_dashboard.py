@@ -210,4 +210,5 @@ def test_dashboard_in_chromium(chromium, server, engine, tmp_path):
     assert [e for e in page.console_errors() if "status of 401" not in e] == []
     log = server.output()
     assert "GET /dashboard" in log or "/dashboard" in log
+    assert "GET /dashboard" in log, "the access log names the page's request (method and path)"
     assert "read-token" not in log and "wrong-token" not in log
