@@ -47,7 +47,6 @@ from store import submissions
 from store.db import engine_for
 from store.results import Result
 from store.results import apply_results
-from store.schema import STATUSES
 from store.schema import utcnow
 from workers import payloads
 from workers.queues import SUBMIT_QUEUE
@@ -151,7 +150,7 @@ def settle(batch: list[str], answer: RunwareAnswer, error: RunwareError | None, 
             continue
         named_errors |= result.status == "error"
         previous = done.get(uuid)
-        if previous is None or STATUSES.index(result.status) > STATUSES.index(previous.status):
+        if previous is None or payloads.RANK[result.status] > payloads.RANK[previous.status]:
             done[uuid] = result
 
     out = Settlement(results=list(done.values()))
