@@ -20,7 +20,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from PIL import Image
-from PIL import UnidentifiedImageError
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 """Formats Runware captions, by Pillow's name, with the media type sent for each."""
@@ -44,6 +43,7 @@ def check_bytes(data: bytes, max_bytes: int) -> str:
         raise ImageError("empty: no bytes")
     if len(data) > max_bytes:
         raise ImageError(f"too large: {_size(len(data))}, the limit is {_size(max_bytes)}")
+    kind = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -54,11 +54,11 @@ def check_bytes(data: bytes, max_bytes: int) -> str:
                 image.verify()
     except ImageError:
         raise
-    except UnidentifiedImageError:
-        raise ImageError("not an image: the content is not a readable PNG, JPG or WEBP") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError("too many pixels: refused as a possible decompression bomb") from None
     except Exception as exc:  # Pillow raises several types (SyntaxError, OSError, …) for corrupt data
+        if kind is None:  # Image.open failed: UnidentifiedImageError, or a plugin's error on a bad header
+            raise ImageError("not an image: the content is not a readable PNG, JPG or WEBP") from None
         raise ImageError(f"corrupt {kind} image: {type(exc).__name__}: {exc}") from None
     return kind
 
