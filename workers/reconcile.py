@@ -113,9 +113,8 @@ class Reconciler:
             answer, error = self.client.run([poll_task(u) for u in batch]), None
         except RunwareError as exc:
             answer, error = exc.answer, exc
-        items = [(i, False) for i in answer.data] + [(i, True) for i in answer.errors]
         self.counts.polled += len(batch)
-        return findings(batch, items, utcnow()), error
+        return findings(batch, answer.items(), utcnow()), error
 
     def store(self, found: dict[str, Result]) -> None:
         with self.engine.begin() as conn:

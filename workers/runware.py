@@ -62,6 +62,10 @@ class RunwareAnswer:
     errors: list[dict] = field(default_factory=list)
     status: int = 200
 
+    def items(self) -> list[tuple[dict, bool]]:
+        """The result items then the error items, as (item, is_error) pairs."""
+        return [(i, False) for i in self.data] + [(i, True) for i in self.errors]
+
 
 class RunwareError(Exception):
     """Runware refused the request; sending it again as it is will not help."""

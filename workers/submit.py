@@ -129,7 +129,7 @@ def settle(batch: list[str], answer: RunwareAnswer, error: RunwareError | None, 
     members, done, named_errors = set(batch), {}, False
     general: list[dict] = []
 
-    for item, is_error in [(i, False) for i in answer.data] + [(i, True) for i in answer.errors]:
+    for item, is_error in answer.items():
         try:
             uuid = payloads.task_uuid(item)
         except payloads.InvalidItem:
