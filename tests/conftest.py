@@ -19,6 +19,7 @@ from config import database_url as normalise_url
 from receiver import create_app
 from store.migrate import upgrade
 from store.schema import metadata
+from tests import reporting_data
 from tests.support import RedisServer
 
 PG_URL = normalise_url(os.environ.get("DATABASE_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test"))
@@ -120,3 +121,10 @@ def engine(database_url):
     engine = sa.create_engine(database_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def store(engine):
+    """The store holding tests/reporting_data.py's rows (for /api/stats and the reporting views)."""
+    reporting_data.load(engine)
+    return engine

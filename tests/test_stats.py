@@ -9,17 +9,10 @@ from decimal import Decimal
 import pytest
 
 from store.schema import tasks
-from tests import reporting_data as data
 from tests.reporting_data import UUID
 from tests.reporting_data import at
 
 READ = {"Authorization": "Bearer read-token"}
-
-
-@pytest.fixture
-def store(engine):
-    data.load(engine)
-    return engine
 
 
 def get(client, path, **params):

@@ -19,28 +19,16 @@ from tests import reporting_data as data
 from tests.reporting_data import UUID
 from tests.reporting_data import at
 from tests.support import ROOT
+from tests.test_stats import stats
 
-READ = {"Authorization": "Bearer read-token"}
 DOC = ROOT / "docs" / "sql.md"
 VIEWS = ("task_results", "daily_spend", "delivery_log")
 TEN_PLACES = Decimal("1e-10")
 
 
-@pytest.fixture
-def store(engine):
-    data.load(engine)
-    return engine
-
-
 def rows(engine: sa.Engine, sql: str) -> list[sa.Row]:
     with engine.connect() as conn:
         return conn.execute(sa.text(sql)).all()
-
-
-def stats(client, **params) -> dict:
-    response = client.get("/api/stats", query_string=params, headers=READ)
-    assert response.status_code == 200, response.json
-    return response.json
 
 
 def exact(value) -> str:
