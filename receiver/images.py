@@ -21,11 +21,12 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
+from workers.payloads import UUID_RE
+
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 """Formats Runware captions, by Pillow's name, with the media type sent for each."""
 
 MAX_URL_LENGTH = 2048
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 DATA_URI_RE = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[\w.+-]+)*);base64,", re.IGNORECASE)
 
 
