@@ -101,6 +101,14 @@ class ProjectRedisServer(RedisServer):
                 "--dir", self.dir]
 
 
+SWEEP_EVERY_SECOND = """
+from rq import cron
+from workers.maintenance import sweep
+cron.register(sweep, "persist", interval=1, result_ttl=0, ttl=30)
+"""
+"""A schedule file for `Service.cron`: the drain sweep as workers/schedule.py registers it, every second here."""
+
+
 class Service(common.Service):
     """A long-running project process (`python -m workers persist`, `python -m workers cron`) in a session of its own.
 

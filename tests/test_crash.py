@@ -32,6 +32,7 @@ from tests.helpers import new_uuid
 from tests.helpers import post
 from tests.helpers import success
 from tests.helpers import wrapped
+from tests.support import SWEEP_EVERY_SECOND
 from tests.support import Gunicorn
 from tests.support import Service
 from tests.support import alive
@@ -49,13 +50,6 @@ from workers.queues import PERSIST_QUEUE
 pytestmark = pytest.mark.slow
 
 STALE_MS = 1000
-SWEEP_EVERY_S = 1
-CRON_CONFIG = f"""
-from rq import cron
-from workers.maintenance import sweep
-cron.register(sweep, "persist", interval={SWEEP_EVERY_S}, result_ttl=0, ttl=30)
-"""
-"""The drain sweep as `python -m workers cron` runs it in production (workers/schedule.py), every second here."""
 
 BRAKE = [
     "CREATE TABLE brake (engaged boolean)",
@@ -108,7 +102,7 @@ def client(env):
 def stack(env, tmp_path):
     """A persist worker and the cron process that runs the sweep; stopped (and their leftovers killed) after."""
     config_file = tmp_path / "sweep_schedule.py"
-    config_file.write_text(CRON_CONFIG)
+    config_file.write_text(SWEEP_EVERY_SECOND)
     services = {"worker": Service.worker(PERSIST_QUEUE, env).start(), "cron": Service.cron(config_file, env).start()}
     yield services
     for service in services.values():

@@ -34,6 +34,7 @@ from tests.helpers import new_uuid
 from tests.helpers import post
 from tests.helpers import success
 from tests.helpers import wrapped
+from tests.support import SWEEP_EVERY_SECOND
 from tests.support import Gunicorn
 from tests.support import ProjectRedisServer
 from tests.support import Service
@@ -50,11 +51,6 @@ pytestmark = pytest.mark.slow
 
 OUTAGE_SECONDS = float(os.environ.get("OUTAGE_SECONDS", "60"))
 STALE_MS = 1000
-SWEEP = """
-from rq import cron
-from workers.maintenance import sweep
-cron.register(sweep, "persist", interval=1, result_ttl=0, ttl=30)
-"""
 
 
 def environment(redis_url: str, database_url: str) -> dict[str, str]:
@@ -67,7 +63,7 @@ class Workers:
 
     def __init__(self, env: dict[str, str], tmp_path):
         schedule = tmp_path / "sweep_schedule.py"
-        schedule.write_text(SWEEP)
+        schedule.write_text(SWEEP_EVERY_SECOND)
         self.worker = Service.worker(PERSIST_QUEUE, env)
         self.cron = Service.cron(schedule, env)
 
