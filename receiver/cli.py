@@ -89,8 +89,9 @@ def wait_for_results(task_uuids: list[str], timeout: float, interval: float) -> 
     while pending and time.monotonic() < deadline:
         landed = []
         with engine().connect() as conn:
-            chunks = [sorted(pending)[i:i + READ_CHUNK] for i in range(0, len(pending), READ_CHUNK)]
-            for chunk in chunks:
+            ordered = sorted(pending)
+            for i in range(0, len(ordered), READ_CHUNK):
+                chunk = ordered[i:i + READ_CHUNK]
                 landed += [r for r in submissions.outcomes(conn, chunk) if r.status in FINAL_STATUSES]
         for row in sorted(landed, key=lambda r: r.input_name or ""):
             pending.discard(row.task_uuid)
