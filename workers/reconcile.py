@@ -35,6 +35,7 @@ from store import submissions
 from store.db import engine_for
 from store.results import Result
 from store.results import apply_results
+from store.schema import FINAL_STATUSES
 from store.schema import utcnow
 from workers import payloads
 from workers.queues import connect
@@ -95,7 +96,7 @@ def findings(batch: list[str], items: list[tuple[dict, bool]], received_at: date
         except payloads.InvalidItem as exc:
             log.warning("task %s: unusable getResponse item (%s)", uuid, exc)
             continue
-        if result.status in ("success", "error") and (uuid not in found or result.status == "success"):
+        if result.status in FINAL_STATUSES and (uuid not in found or result.status == "success"):
             found[uuid] = result
     return found
 
@@ -116,11 +117,10 @@ class Reconciler:
         self.counts.polled += len(batch)
         return findings(batch, answer.items(), utcnow()), error
 
-    def store(self, found: dict[str, Result]) -> None:
+    def store(self, results: dict[str, Result]) -> None:
         with self.engine.begin() as conn:
-            apply_results(conn, found.values(), delivered=False)
-            submissions.clear_inputs(conn, found)
-        self.counts.found += len(found)
+            apply_results(conn, results.values(), delivered=False)
+            submissions.clear_inputs(conn, results)
 
     def poll_due(self, now: datetime) -> RunwareError | None:
         """Step 1. Returns the error that stopped it, if Runware refused a whole request."""
@@ -133,6 +133,7 @@ class Reconciler:
                 break
             found, error = self.poll([uuid for uuid, _ in claimed])
             self.store(found)
+            self.counts.found += len(found)
             when = {uuid: now + timedelta(seconds=backoff(n - 1, POLL_BACKOFF_BASE_S, POLL_BACKOFF_CAP_S))
                     for uuid, n in claimed if uuid not in found}
             with self.engine.begin() as conn:
@@ -159,7 +160,7 @@ class Reconciler:
                                      error_message=f"no result within {deadline}s of submission")
                         for uuid in late if uuid not in found}
             self.store({**found, **timeouts})
-            self.counts.found -= len(timeouts)
+            self.counts.found += len(found)
             self.counts.timed_out += len(timeouts)
             if timeouts:
                 log.warning("%d tasks failed with timeout (no result %ds after submission)", len(timeouts), deadline)
