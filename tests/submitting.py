@@ -94,7 +94,10 @@ def rows(engine: sa.Engine, uuids: list[str] | None = None) -> dict[str, sa.Row]
     if uuids is not None:
         stmt = stmt.where(tasks.c.task_uuid.in_(uuids))
     with engine.connect() as conn:
-        return {r.task_uuid: r for r in conn.execute(stmt)}
+        found = {r.task_uuid: r for r in conn.execute(stmt)}
+    # Checks that loop over the rows found must not pass by finding none.
+    assert uuids is None or set(found) == set(uuids), f"tasks not stored: {sorted(set(uuids) - set(found))[:5]}"
+    return found
 
 
 def run_scheduling_worker(redis_url: str, queue_name: str) -> None:
