@@ -22,7 +22,6 @@ from flask.cli import AppGroup
 
 from receiver import images
 from receiver.state import engine
-from receiver.state import redis_client
 from receiver.state import settings
 from receiver.submit import OptionError
 from receiver.submit import check
@@ -137,10 +136,10 @@ def submit(sources, model, include_cost, delivery, wait, timeout, interval):
             queued.append((outcome.task_uuid, name))
             batch += new
             if len(batch) >= QUEUE_CHUNK:
-                store_and_submit(config, batch, redis_client())
+                store_and_submit(batch)
                 batch = []
         if batch:
-            store_and_submit(config, batch, redis_client())
+            store_and_submit(batch)
     for problem in problems:
         click.echo(problem, err=True)
     rejected = len(problems)

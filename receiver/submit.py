@@ -27,15 +27,14 @@ from flask import Blueprint
 from flask import jsonify
 from flask import request
 
-from config import Config
 from receiver import images
 from receiver.api import task_response
 from receiver.auth import require_bearer
 from receiver.errors import error_response
+from receiver.state import engine
 from receiver.state import redis_client
 from receiver.state import settings
 from store import submissions
-from store.db import engine_for
 from store.submissions import NewTask
 from workers.payloads import UUID_RE
 from workers.submit import want_submit
@@ -122,18 +121,16 @@ def check(inputs: list[tuple[str | None, object]], options: Options, convert) ->
     return outcomes, new
 
 
-def store_and_submit(config: Config, new: list[NewTask], redis_conn: redis.Redis | None) -> bool:
+def store_and_submit(new: list[NewTask]) -> bool:
     """Store tasks as queued (one transaction), then make sure a submit job runs. False if none was enqueued.
 
     The tasks are safe once stored: should Redis be down, the reconcile job
     enqueues a submit job for them later.
     """
-    with engine_for(config.database_url).begin() as conn:
+    with engine().begin() as conn:
         submissions.queue_tasks(conn, new)
-    if redis_conn is None:
-        return False
     try:
-        want_submit(redis_conn)
+        want_submit(redis_client())
         return True
     except redis.RedisError as exc:
         log.warning("%d tasks queued, but no submit job enqueued (Redis: %s); reconcile will", len(new),
@@ -179,7 +176,7 @@ def submit():
     body = {"tasks": [o.as_json() for o in outcomes], "accepted": len(new), "rejected": len(outcomes) - len(new)}
     if not new:
         return error_response(422, "no image was accepted", **body)
-    store_and_submit(config, new, redis_client())
+    store_and_submit(new)
     log.info("queued %d caption tasks (%d images rejected)", len(new), body["rejected"])
     return jsonify(body), 202
 
