@@ -47,7 +47,6 @@ from workers.submit import want_submit
 
 log = logging.getLogger(__name__)
 
-RECONCILE_JOB = "workers.reconcile.reconcile"
 RECONCILE_JOB_TIMEOUT = 600
 """Seconds RQ lets one reconcile run take."""
 
