@@ -115,6 +115,15 @@ def test_each_bad_image_gets_its_own_error_and_the_good_ones_go_on(app, engine):
     assert all(r.include_cost is False and r.model == "runware:150@2" for r in stored.values())
 
 
+def test_a_header_pillow_cannot_parse_is_not_an_image_not_a_500(client):
+    """Pillow's plugins raise their own errors on a bad header (here a PPM's); that is a bad image, not a crash."""
+    bad_ppm = base64.b64encode(b"P6\n\xc76 16\n255\n" + bytes(64)).decode()
+    response = post_json(client, {"images": [bad_ppm, data_uri("PNG")]})
+    assert response.status_code == 202
+    bad, good = response.get_json()["tasks"]
+    assert bad["error"].startswith("not an image") and "taskUUID" in good
+
+
 def test_multipart_files_are_checked_by_content_not_by_name(client, engine):
     files = {
         "images": [(io.BytesIO(image_bytes("WEBP")), "holiday.png"), (io.BytesIO(b"just some notes"), "notes.png")],
