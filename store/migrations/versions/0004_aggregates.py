@@ -1,0 +1,18 @@
+"""aggregates (placeholder, filled by the change that introduces it)
+
+Revision ID: 0004
+Revises: 0003
+"""
+
+revision = '0004'
+down_revision = '0003'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
