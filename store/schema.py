@@ -10,6 +10,7 @@ from datetime import UTC
 from datetime import datetime
 
 import sqlalchemy as sa
+import sqlalchemy.dialects.postgresql  # noqa: F401  (registers to_tsvector's PostgreSQL types)
 
 STATUSES = ("queued", "submitted", "error", "success")
 """Task statuses, lowest rank first."""
@@ -78,6 +79,18 @@ tasks = sa.Table(
     sa.Index("ix_tasks_status_created", "status", "created_at"),
     sa.Index("ix_tasks_next_poll", "next_poll_at"),
     sa.Index("ix_tasks_updated", "updated_at", "task_uuid"),
+    sa.Index("ix_tasks_created", "created_at"),  # the edges of a stats window (store/stats.py)
+    sa.Index("ix_tasks_result", "result_at"),
+)
+
+TEXT_SEARCH_CONFIG = sa.literal_column("'simple'")
+"""PostgreSQL text search configuration of captions: lower-cased words, no stemming, no stop words (as FTS5)."""
+
+CAPTION_VECTOR = sa.func.to_tsvector(TEXT_SEARCH_CONFIG, sa.func.coalesce(tasks.c.text, sa.literal_column("''")))
+"""The words of a caption on PostgreSQL, as `ix_tasks_text_search` indexes them (queries must use it as is)."""
+
+tasks.append_constraint(
+    sa.Index("ix_tasks_text_search", CAPTION_VECTOR, postgresql_using="gin").ddl_if(dialect="postgresql")
 )
 
 deliveries = sa.Table(
@@ -107,3 +120,49 @@ dead_letters = sa.Table(
     sa.Column("replayed_at", UTCDateTime),
     sa.Index("ix_dead_letters_created", "created_at"),
 )
+
+# -- Aggregates, kept by database triggers (migration 0004): see store/stats.py and docs/sql.md. --------
+
+LATENCY_BOUNDS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+"""Upper bounds (seconds, inclusive) of the latency histograms' buckets; one more bucket holds the rest."""
+
+NO_LATENCY = -1
+"""`latency_bucket` of a finished task that has no submission time (an external task): no latency."""
+
+task_hours = sa.Table(
+    "task_hours",
+    metadata,
+    sa.Column("hour", UTCDateTime, primary_key=True, comment="hour of tasks.created_at, UTC"),
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("source", sa.String(16), primary_key=True),
+    sa.Column("model", sa.String(128), primary_key=True, comment="'' when the task names none"),
+    sa.Column("tasks", sa.BigInteger, nullable=False),
+    sa.Column("conflicts", sa.BigInteger, nullable=False),
+    sa.Column("delivered_tasks", sa.BigInteger, nullable=False, comment="tasks with delivery_count > 0"),
+    sa.Column("deliveries", sa.BigInteger, nullable=False, comment="sum of delivery_count"),
+)
+
+result_hours = sa.Table(
+    "result_hours",
+    metadata,
+    sa.Column("hour", UTCDateTime, primary_key=True, comment="hour of tasks.result_at, UTC"),
+    sa.Column("status", sa.String(16), primary_key=True, comment="a final status"),
+    sa.Column("model", sa.String(128), primary_key=True, comment="'' when the task names none"),
+    sa.Column("latency_bucket", sa.SmallInteger, primary_key=True,
+              comment="submitted_at -> result_at, index into LATENCY_BOUNDS; NO_LATENCY without submitted_at"),
+    sa.Column("tasks", sa.BigInteger, nullable=False),
+    sa.Column("cost_units", sa.BigInteger, nullable=False, comment="sum of cost in units of 1e-10 USD"),
+)
+
+delivery_hours = sa.Table(
+    "delivery_hours",
+    metadata,
+    sa.Column("hour", UTCDateTime, primary_key=True, comment="hour of deliveries.received_at, UTC"),
+    sa.Column("outcome", sa.String(16), primary_key=True),
+    sa.Column("latency_bucket", sa.SmallInteger, primary_key=True,
+              comment="received_at -> stored_at, index into LATENCY_BOUNDS"),
+    sa.Column("deliveries", sa.BigInteger, nullable=False),
+)
+
+AGGREGATES = (task_hours, result_hours, delivery_hours)
+"""The aggregate tables: emptied after the base tables, never written by application code."""
