@@ -18,6 +18,7 @@ from datetime import datetime
 import orjson
 from werkzeug.datastructures import MultiDict
 
+from store import search
 from workers.payloads import UUID_RE
 
 MAX_QUERY_CHARS = 200
@@ -91,11 +92,17 @@ class Params:
             raise ParamError("until", "must be later than since")
         return since, until
 
-    def search(self, name: str) -> str | None:
+    def search(self, name: str) -> search.Query | None:
+        """A caption search in the syntax of `store.search`; a malformed one says what is wrong."""
         value = self.text(name)
-        if value is not None and len(value) > MAX_QUERY_CHARS:
+        if value is None:
+            return None
+        if len(value) > MAX_QUERY_CHARS:
             raise ParamError(name, f"longer than {MAX_QUERY_CHARS} characters")
-        return value
+        try:
+            return search.parse(value)
+        except search.SearchError as exc:
+            raise ParamError(name, str(exc)) from None
 
     def cursor(self, name: str) -> tuple[datetime, str] | None:
         value = self.text(name)

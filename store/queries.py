@@ -20,6 +20,7 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 
+from store import search as search_query
 from store.schema import FINAL_STATUSES
 from store.schema import SOURCES
 from store.schema import STATUSES
@@ -126,42 +127,50 @@ def list_tasks(
     statuses: tuple[str, ...] = (),
     sources: tuple[str, ...] = (),
     window: Window = Window(),
-    search: str | None = None,
+    search: search_query.Query | None = None,
     after: tuple[datetime, str] | None = None,
     limit: int = 50,
 ) -> tuple[list[dict], tuple[datetime, str] | None]:
     """One page of tasks, newest `updated_at` first (ties: higher taskUUID first).
 
-    `window` filters on `updated_at`; `search` matches caption text (case-insensitive
-    substring) or a taskUUID prefix; `after` is the sort key (updated_at, task_uuid)
-    of the previous page's last row. Returns the page and the sort key to continue
-    after, or None when this is the last page.
+    `window` filters on `updated_at`; `search` matches caption words (see
+    `store.search`) or, when it is a UUID prefix, the taskUUID; `after` is the
+    sort key (updated_at, task_uuid) of the previous page's last row. Returns the
+    page and the sort key to continue after, or None when this is the last page.
     """
-    query = (
-        sa.select(*PUBLIC_FIELDS.values())
-        .where(*window.covers(tasks.c.updated_at))
-        .order_by(tasks.c.updated_at.desc(), tasks.c.task_uuid.desc())
-        .limit(limit + 1)
-    )
+    conditions = window.covers(tasks.c.updated_at)
     if statuses:
-        query = query.where(tasks.c.status.in_(statuses))
+        conditions.append(tasks.c.status.in_(statuses))
     if sources:
-        query = query.where(tasks.c.source.in_(sources))
-    if search:
-        query = query.where(sa.or_(
-            tasks.c.text.icontains(search, autoescape=True),
-            tasks.c.task_uuid.startswith(search.lower(), autoescape=True),
-        ))
+        conditions.append(tasks.c.source.in_(sources))
     if after is not None:
         updated_at, task_uuid = after
-        query = query.where(sa.or_(
+        conditions.append(sa.or_(
             tasks.c.updated_at < updated_at,
             sa.and_(tasks.c.updated_at == updated_at, tasks.c.task_uuid < task_uuid),
         ))
-    rows = conn.execute(query).all()
+    if search is None:
+        rows = _newest(conn, conditions, limit + 1)
+    else:
+        rows = _newest(conn, [*conditions, search_query.caption_matches(search, conn.dialect.name)], limit + 1)
+        by_uuid = search_query.uuid_matches(search)
+        if by_uuid is not None:  # a second query, so that each is served by its own index
+            found = {row.task_uuid: row for row in [*rows, *_newest(conn, [*conditions, by_uuid], limit + 1)]}
+            rows = sorted(found.values(), key=lambda row: (row.updated_at, row.task_uuid), reverse=True)
     page = rows[:limit]
     more = len(rows) > limit
     return [task_json(row) for row in page], ((page[-1].updated_at, page[-1].task_uuid) if more else None)
+
+
+def _newest(conn: sa.Connection, conditions: list[sa.ColumnElement], limit: int) -> list[sa.Row]:
+    """The first `limit` tasks meeting every condition, in the list's order."""
+    query = (
+        sa.select(*PUBLIC_FIELDS.values())
+        .where(*conditions)
+        .order_by(tasks.c.updated_at.desc(), tasks.c.task_uuid.desc())
+        .limit(limit)
+    )
+    return conn.execute(query).all()
 
 
 def task_counts(conn: sa.Connection, window: Window = Window()) -> tuple[dict[str, int], dict[str, int]]:
