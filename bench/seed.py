@@ -1,0 +1,358 @@
+"""Seeding a store for the readers benchmark, through the store's own write path, kept between runs.
+
+N tasks over the 60 days before the seeding ends, written as the service writes
+them: batches of parsed deliveries (`store.results.Delivery`) given to
+`store.results.save_deliveries` (about 2 per task: duplicates, errors, errors
+followed by a success, conflicting successes, deliveries hours late), and one
+task in SUBMITTED_SHARE stored first by `store.submissions` (queued, then sent),
+so that source and status vary. While a batch is written the store's clock
+(`utcnow` in the `store` modules) reads the batch's receipt time, so created,
+updated and stored times spread over the 60 days as if the deliveries had
+arrived then.
+
+Captions come from a vocabulary of a few thousand words drawn by a Zipf law;
+COMMON_WORD is in most captions, RARE_WORD in one task of RARE_EVERY, and
+ABSENT_WORD in none. Costs have 10 decimal places.
+
+A seeded store is kept under var/bench/readers/ (a SQLite file; for PostgreSQL a
+database of its own at DATABASE_TEST_URL's server), keyed by N, the migration
+head and a digest of the migrations, and reused unless a reseed is asked for. A
+marker file written once seeding has finished records the seeding's figures and
+its end time (the "now" the benchmark's windows are measured from).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import random
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC
+from datetime import datetime
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from bench.common import ROOT
+from bench.common import PostgresUnavailable
+from store.db import create_engine
+from store.results import Delivery
+from store.results import Result
+from store.results import apply_results
+from store.results import save_deliveries
+from store.submissions import NewTask
+from store.submissions import mark_submitted
+from store.submissions import queue_tasks
+
+SEED_VERSION = 1
+"""Bump when the generated data changes, so that stores seeded before are not reused."""
+
+PG_SERVER_URL = os.environ.get("DATABASE_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test")
+"""The PostgreSQL server the seeded databases live on (the tests' server)."""
+
+SPAN = timedelta(days=60)
+"""How far back the seeded deliveries go."""
+
+CHUNK_TASKS = 5000
+"""Tasks generated at once; their deliveries are written in receipt order."""
+
+SUBMIT_GROUP = 10
+"""Tasks submitted together (SUBMIT_BATCH_SIZE): queued and sent at the first one's time."""
+
+BATCH_DELIVERIES = 1000
+"""Deliveries per `save_deliveries` transaction, as the drain's PERSIST_BATCH_SIZE."""
+
+SUBMITTED_SHARE = 0.15
+"""Share of tasks this service submitted (source `submitted`); the others are external."""
+
+VOCABULARY_SIZE = 3000
+"""Distinct caption words."""
+
+COMMON_WORD, RARE_WORD, ABSENT_WORD = "photo", "zeppelin", "quixotry"
+"""A word in most captions, one in one task of RARE_EVERY, and one in no caption."""
+
+RARE_EVERY = 100_000
+"""One task in this many has RARE_WORD in its caption (the first task always does)."""
+
+MODELS = ("runware:150@2", "runware:151@1", "runware:152@1", "florence-2-large")
+"""Models named in the seeded results."""
+
+PROGRESS_EVERY_S = 5.0
+"""Seconds between two progress lines while seeding."""
+
+_SYLLABLES = ("ba", "ce", "di", "fo", "gu", "ha", "ke", "li", "mo", "nu", "pa", "re", "si", "to", "vu", "wa",
+              "ra", "ne", "ti", "lo", "mi", "sa", "de", "ko", "pe", "lu", "ga", "be", "no", "ri")
+_CAPTION_WORDS = ("a", "an", "the", "of", "with", "on", "in", "and", "near", "under", "two", "three", "small",
+                  "large", "red", "blue", "green", "white", "black", "bright", "dark", "old", "young", "wooden",
+                  "cat", "dog", "man", "woman", "child", "car", "tree", "house", "street", "beach", "sky", "table",
+                  "window", "field", "mountain", "river", "city", "garden", "kitchen", "road", "boat", "bird")
+
+
+def vocabulary(seed: int = 7) -> list[str]:
+    """The caption words, most frequent first (COMMON_WORD, RARE_WORD and ABSENT_WORD left out)."""
+    rng = random.Random(seed)
+    words = list(_CAPTION_WORDS)
+    seen = set(words)
+    while len(words) < VOCABULARY_SIZE:
+        word = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4)))
+        if word not in seen and not any(special in word for special in (COMMON_WORD, RARE_WORD, ABSENT_WORD)):
+            seen.add(word)
+            words.append(word)
+    return words
+
+
+@dataclass
+class Seeded:
+    """A seeded store: its URL, what it holds, and how long seeding took (None when reused as is)."""
+
+    store: str
+    url: str
+    tasks: int
+    deliveries: int
+    ended_at: datetime
+    seconds: float | None
+    reused: bool
+
+    def as_json(self) -> dict:
+        return {"tasks": self.tasks, "deliveries": self.deliveries, "ended_at": self.ended_at.isoformat(),
+                "seed_seconds": self.seconds, "reused": self.reused,
+                "deliveries_per_s": round(self.deliveries / self.seconds) if self.seconds else None,
+                "tasks_per_s": round(self.tasks / self.seconds) if self.seconds else None}
+
+
+# --- the store's clock ---------------------------------------------------------------------------
+
+
+@contextmanager
+def store_clock() -> Iterator[list[datetime]]:
+    """Make `utcnow` in every loaded `store` module read `clock[0]` (set by the caller) while inside."""
+    import store.schema
+
+    real = store.schema.utcnow
+    clock = [real()]
+    patched = [module for name, module in sorted(sys.modules.items())
+               if (name == "store" or name.startswith("store.")) and getattr(module, "utcnow", None) is real]
+    for module in patched:
+        module.utcnow = lambda: clock[0]
+    try:
+        yield clock
+    finally:
+        for module in patched:
+            module.utcnow = real
+
+
+# --- generating ----------------------------------------------------------------------------------
+
+
+class Generator:
+    """Tasks and their deliveries, chunk by chunk, in receipt order within a chunk (deterministic per seed)."""
+
+    def __init__(self, n: int, ended_at: datetime, seed: int = 1):
+        self.n, self.ended_at, self.rng = n, ended_at, random.Random(seed)
+        self.start = ended_at - SPAN
+        self.words = vocabulary()
+        self.cum_weights = list(itertools.accumulate(1 / (rank + 1) for rank in range(len(self.words))))
+        self.sequence = 0
+
+    def caption(self, index: int) -> str:
+        rng = self.rng
+        words = rng.choices(self.words, cum_weights=self.cum_weights, k=rng.randint(6, 14))
+        if rng.random() < 0.9:
+            words[rng.randrange(len(words))] = COMMON_WORD
+        if index % RARE_EVERY == 0:
+            words.append(RARE_WORD)
+        return " ".join(words)
+
+    def cost(self) -> Decimal:
+        return Decimal(self.rng.randrange(10_000_000, 90_000_000)).scaleb(-10)  # 0.001-0.009 USD, 10 places
+
+    def chunk(self, first: int, count: int) -> tuple[list, list]:
+        """(tasks submitted by the service, deliveries in receipt order) of tasks first .. first+count-1.
+
+        A submitted task comes as (NewTask, submission time, whether it was sent).
+        """
+
+        rng, step = self.rng, SPAN.total_seconds() / self.n
+        submitted, items = [], []
+        for index in range(first, first + count):
+            task = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            t0 = self.start + timedelta(seconds=(index + rng.random()) * step)
+            same = {"task_uuid": task, "model": rng.choice(MODELS),
+                    "task_type": "caption" if rng.random() < 0.1 else "imageCaption"}
+            if rng.random() < SUBMITTED_SHARE:
+                waiting = rng.random()
+                submitted.append((NewTask(task, f"https://images.example.com/{task}.jpg", model=same["model"]),
+                                  t0, waiting >= 0.002))  # a few stay queued, never sent
+                if waiting < 0.012:
+                    continue  # queued, or submitted and still without a result
+            first_at = t0 + timedelta(seconds=rng.expovariate(1 / 5))
+            outcome = rng.random()
+            if outcome < 0.10:
+                results = [(first_at, {"status": "error", "error_code": "invalidImage",
+                                       "error_message": "image could not be read"})]
+            elif outcome < 0.12:  # an error, then a success
+                results = [(first_at, {"status": "error", "error_code": "timeout", "error_message": "timed out"}),
+                           (first_at + timedelta(seconds=rng.expovariate(1 / 600)),
+                            {"status": "success", "text": self.caption(index), "cost": self.cost()})]
+            else:
+                results = [(first_at, {"status": "success", "text": self.caption(index),
+                                       "cost": self.cost() if rng.random() < 0.97 else None})]
+                if rng.random() < 0.005:  # a second success that disagrees
+                    results.append((first_at + timedelta(seconds=rng.expovariate(1 / 60)),
+                                    {"status": "success", "text": self.caption(index), "cost": self.cost()}))
+            for _ in range(rng.choices((0, 1, 2, 3), (35, 35, 25, 5))[0]):  # duplicates: the sender's retries
+                late = rng.expovariate(1 / 6 / 3600) if rng.random() < 0.02 else rng.expovariate(1 / 60)
+                results.append((first_at + timedelta(seconds=late), results[-1][1]))
+            items.extend((at, Result(received_at=at, **same, **fields)) for at, fields in results)
+        items.sort(key=lambda pair: pair[0])
+        while items and items[-1][0] > self.ended_at:  # retried past the end of the seeding: never arrived
+            items.pop()
+        return submitted, [self.delivery(at, result) for at, result in items]
+
+    def delivery(self, at: datetime, result):
+        self.sequence += 1
+        skipped = ["data[1]: taskUUID is missing"] if self.sequence % 97 == 0 else []
+        size = 120 + len(result.text or result.error_message or "")
+        return Delivery(f"{int(at.timestamp() * 1000)}-{self.sequence}", at, f"10.0.{self.sequence % 7}.2", size,
+                        [result], skipped)
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def submit(engine: sa.Engine, clock: list[datetime], group: list) -> None:
+    """Store a group of submitted tasks as the service does: queued, then (those sent) submitted at once."""
+    at = group[0][1]
+    sent = [new.task_uuid for new, _, was_sent in group if was_sent]
+    with engine.begin() as conn:
+        clock[0] = at - timedelta(seconds=2)
+        queue_tasks(conn, [new for new, _, _ in group])
+        clock[0] = at
+        apply_results(conn, [Result(uuid, "submitted", at, task_type="imageCaption") for uuid in sent],
+                      delivered=False)
+        mark_submitted(conn, sent, poll_at=at + timedelta(minutes=1), now=at)
+
+
+def write(url: str, n: int, progress) -> tuple[int, float, datetime]:
+    """Seed `n` tasks into the migrated, empty store at `url`; returns (deliveries, seconds, end time)."""
+    ended_at = datetime.now(UTC).replace(microsecond=0)
+    generator = Generator(n, ended_at)
+    engine = create_engine(url)
+    written, started, shown = 0, time.monotonic(), time.monotonic()
+    try:
+        with store_clock() as clock:
+            for first in range(0, n, CHUNK_TASKS):
+                submitted, batch = generator.chunk(first, min(CHUNK_TASKS, n - first))
+                for i in range(0, len(submitted), SUBMIT_GROUP):
+                    submit(engine, clock, submitted[i:i + SUBMIT_GROUP])
+                for i in range(0, len(batch), BATCH_DELIVERIES):
+                    part = batch[i:i + BATCH_DELIVERIES]
+                    clock[0] = part[-1].received_at + timedelta(milliseconds=50)
+                    with engine.begin() as conn:
+                        save_deliveries(conn, part)
+                written += len(batch)
+                if time.monotonic() - shown >= PROGRESS_EVERY_S or first + CHUNK_TASKS >= n:
+                    shown, elapsed = time.monotonic(), time.monotonic() - started
+                    done = min(first + CHUNK_TASKS, n)
+                    eta = elapsed / done * (n - done)
+                    progress(f"  seeded {done:,}/{n:,} tasks, {written:,} deliveries: {written / elapsed:,.0f} "
+                             f"deliveries/s, {done / elapsed:,.0f} tasks/s, ETA {eta:,.0f} s")
+    finally:
+        engine.dispose()
+    return written, time.monotonic() - started, ended_at
+
+
+# --- keeping seeded stores -----------------------------------------------------------------------
+
+
+def store_key(n: int) -> str:
+    """N, the migration head and a digest of the migrations and of SEED_VERSION."""
+    from alembic.script import ScriptDirectory
+
+    from store.migrate import MIGRATIONS
+    from store.migrate import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    digest = hashlib.sha256(str(SEED_VERSION).encode())
+    for path in sorted((MIGRATIONS / "versions").glob("*.py")):
+        digest.update(path.read_bytes())
+    return f"{n}_{head}_{digest.hexdigest()[:8]}"
+
+
+def _marker(cache: Path, name: str) -> dict | None:
+    path = cache / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _pg_admin() -> sa.Engine:
+    from config import database_url
+
+    return sa.create_engine(database_url(PG_SERVER_URL), isolation_level="AUTOCOMMIT")
+
+
+def _pg_exists(admin: sa.Engine, name: str) -> bool:
+    with admin.connect() as conn:
+        return conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}).first() \
+            is not None
+
+
+def _pg_run(admin: sa.Engine, statement: str, name: str) -> None:
+    """CREATE or DROP the database `name` (an identifier, quoted by psycopg)."""
+    from psycopg import sql as psycopg_sql
+
+    with admin.connect() as conn:
+        conn.connection.driver_connection.execute(psycopg_sql.SQL(statement).format(psycopg_sql.Identifier(name)))
+
+
+def prepare(store: str, n: int, cache: Path, reseed: bool, progress) -> Seeded:
+    """A store of `n` tasks (`sqlite` or `postgres`): the kept one if complete, else seeded anew."""
+    from config import database_url
+    from store.migrate import upgrade
+
+    cache.mkdir(parents=True, exist_ok=True)
+    name = f"readers_{store}_{store_key(n)}"
+    marker = None if reseed else _marker(cache, name)
+    if store == "sqlite":
+        path = cache / f"{name}.db"
+        url = f"sqlite:///{path}"
+        if marker is None:
+            for leftover in cache.glob(f"{name}.db*"):
+                leftover.unlink()
+    else:
+        admin = _pg_admin()
+        try:
+            exists = _pg_exists(admin, name)
+        except sa.exc.OperationalError as exc:
+            admin.dispose()
+            where = PG_SERVER_URL.split("@")[-1]
+            raise PostgresUnavailable(f"PostgreSQL unreachable at {where} ({type(exc.orig).__name__})") from None
+        if marker is None or not exists:
+            marker = None
+            if exists:
+                _pg_run(admin, "DROP DATABASE {} WITH (FORCE)", name)
+            _pg_run(admin, "CREATE DATABASE {}", name)
+        admin.dispose()
+        url = sa.engine.make_url(database_url(PG_SERVER_URL)).set(database=name).render_as_string(hide_password=False)
+    if marker is not None:
+        progress(f"{store}: reusing the seeded store of {n:,} tasks ({name})")
+        return Seeded(store, url, n, marker["deliveries"], datetime.fromisoformat(marker["ended_at"]),
+                      marker["seed_seconds"], True)
+    progress(f"{store}: seeding {n:,} tasks through store.results.save_deliveries ({name})")
+    upgrade(url)
+    deliveries, seconds, ended_at = write(url, n, progress)
+    seeded = Seeded(store, url, n, deliveries, ended_at, round(seconds, 1), False)
+    (cache / f"{name}.json").write_text(json.dumps(seeded.as_json(), indent=2))
+    return seeded
+
+
+DEFAULT_CACHE = ROOT / "var" / "bench" / "readers"
+"""Where seeded stores (and their markers) are kept between runs."""
