@@ -94,11 +94,18 @@ class Config:
     result_deadline_seconds: int = 900
     max_image_bytes: int = 10 * 1024 * 1024
     max_submit_body_bytes: int = 64 * 1024 * 1024
+    # The readers' database budget per request (store/db.py): past it a read is cancelled and answered 503.
+    read_timeout_ms: int = 5000
     # Standard Webhooks signatures (receiver/signatures.py): required when keys are set.
     webhook_signing_keys: tuple[bytes, ...] = field(default=(), repr=False)
     webhook_signature_tolerance_seconds: int = 300
     # Bearer tokens for GET /metrics besides READ_TOKENS (for a Prometheus scraper).
     metrics_tokens: tuple[str, ...] = field(default=(), repr=False)
+    # Backpressure (receiver/backpressure.py): webhooks get 503 above the high-water mark.
+    intake_high_water_percent: int = 80
+    intake_low_water_percent: int = 60
+    intake_max_backlog: int = 0
+    intake_check_interval_ms: int = 250
 
     @property
     def production(self) -> bool:
@@ -123,6 +130,10 @@ class Config:
             raise ConfigError(f"missing settings: {', '.join(missing)} ({hint})")
 
         numbers = _integers(env)
+        high, low = numbers.get("intake_high_water_percent", 80), numbers.get("intake_low_water_percent", 60)
+        if not low < high <= 100:
+            raise ConfigError(f"INTAKE_LOW_WATER_PERCENT ({low}) must be below INTAKE_HIGH_WATER_PERCENT ({high}), "
+                              "itself at most 100")
         host = env.get("HOST", cls.host)
         db_url = database_url(env.get("DATABASE_URL") or cls.database_url)
         numbers.setdefault("persist_concurrency", default_persist_concurrency(db_url))
@@ -166,6 +177,12 @@ INTEGER_SETTINGS = {
     "RESULT_DEADLINE_SECONDS": (1, "a submitted task still without a result is failed (code timeout) after this long"),
     "MAX_IMAGE_BYTES": (1, "largest image accepted for captioning, decoded"),
     "MAX_SUBMIT_BODY_BYTES": (1, "largest POST /api/captions body (JSON or multipart)"),
+    "INTAKE_HIGH_WATER_PERCENT": (1, "webhooks get 503 once Redis uses this share of its maxmemory"),
+    "INTAKE_LOW_WATER_PERCENT": (1, "and are accepted again once it is back under this share"),
+    "INTAKE_MAX_BACKLOG": (0, "webhooks get 503 once this many deliveries wait in Redis (0: no limit by count)"),
+    "INTAKE_CHECK_INTERVAL_MS": (10, "how often each web process looks at Redis memory and the backlog"),
+    "READ_TIMEOUT_MS": (1, "how long a reader's request may spend in the database before its query is cancelled "
+                           "and it is answered 503 (well below gunicorn's 30 s worker timeout)"),
 }
 """Integer settings: the smallest value each accepts, and what it means. The field is the name in lower case."""
 

@@ -1,37 +1,66 @@
-"""The Flask app: webhook intake, query API and health checks."""
+"""The Flask apps, one per process kind, from one factory.
+
+- `intake`: webhook receipt (token, parse, queue in Redis) and its health
+  checks. Nothing the readers need is imported into its processes, and no
+  reader can occupy them.
+- `api`: the readers: query API, dashboard, submission API, dead letters,
+  /metrics, health checks and the operators' CLI commands. Their database work
+  is bounded by READ_TIMEOUT_MS (store/db.py).
+
+deploy/nginx.conf sends /webhooks/ to the intake's gunicorn and the rest to the api's.
+"""
 
 from __future__ import annotations
 
 from flask import Flask
 
 from config import Config
+from receiver.errors import register_database_error_handlers
 from receiver.errors import register_error_handlers
 from workers.queues import connect
 
+KINDS = ("intake", "api")
+"""Process kinds, each with its own app and gunicorn (deploy/gunicorn.conf.py, APP_KIND)."""
 
-def create_app(config: Config | None = None) -> Flask:
-    """Build the app from `config`, or from the environment when none is given."""
+
+def create_app(config: Config | None = None, kind: str = "api") -> Flask:
+    """Build the `kind` app from `config`, or from the environment when none is given."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
     config = config or Config.from_env()
     app = Flask(__name__)
-    app.config.update(SERVICE=config, MAX_CONTENT_LENGTH=config.max_body_bytes, JSON_SORT_KEYS=False)
+    app.config.update(SERVICE=config, APP_KIND=kind, MAX_CONTENT_LENGTH=config.max_body_bytes,
+                      JSON_SORT_KEYS=False)
     app.extensions["redis"] = connect(config.redis_url)
-    register_blueprints(app)
     register_error_handlers(app)
-    register_commands(app)
+    if kind == "intake":
+        register_intake(app)
+    else:
+        register_readers(app)
+        register_database_error_handlers(app)
+        register_commands(app)
     return app
 
 
-def register_blueprints(app: Flask) -> None:
-    """Mount each surface of the service."""
+def register_intake(app: Flask) -> None:
+    """Mount webhook receipt and the health checks."""
+    from receiver import health
+    from receiver import webhooks
+
+    for module in (webhooks, health):
+        app.register_blueprint(module.bp)
+
+
+def register_readers(app: Flask) -> None:
+    """Mount each surface of the readers' app."""
     from receiver import admin
     from receiver import api
     from receiver import dashboard
     from receiver import health
     from receiver import metrics
     from receiver import submit
-    from receiver import webhooks
 
-    for module in (webhooks, api, submit, admin, health, metrics, dashboard):
+    for module in (api, submit, admin, health, metrics, dashboard):
         app.register_blueprint(module.bp)
 
 

@@ -1,14 +1,19 @@
-"""Liveness (`/healthz`: the process answers) and readiness (`/readyz`: Redis and the database answer)."""
+"""Liveness (`/healthz`: the process answers) and readiness (`/readyz`: what this process needs answers).
+
+The intake needs Redis only; the readers need Redis and the database.
+"""
 
 from __future__ import annotations
 
 import redis
 import sqlalchemy as sa
 from flask import Blueprint
+from flask import current_app
 from flask import jsonify
 
 from receiver.state import engine
 from receiver.state import redis_client
+from store.db import ReadTimeout
 
 bp = Blueprint("health", __name__)
 
@@ -20,17 +25,25 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    checks = {}
+    checks = {"redis": redis_check()}
+    if current_app.config["APP_KIND"] != "intake":
+        checks["database"] = database_check()
+    ready = all(v == "ok" for v in checks.values())
+    return jsonify(status="ready" if ready else "unavailable", checks=checks), 200 if ready else 503
+
+
+def redis_check() -> str:
     try:
         redis_client().ping()
-        checks["redis"] = "ok"
     except redis.RedisError as exc:
-        checks["redis"] = f"unavailable: {type(exc).__name__}"
+        return f"unavailable: {type(exc).__name__}"
+    return "ok"
+
+
+def database_check() -> str:
     try:
         with engine().connect() as conn:
             conn.execute(sa.text("SELECT 1"))
-        checks["database"] = "ok"
-    except sa.exc.SQLAlchemyError as exc:
-        checks["database"] = f"unavailable: {type(exc).__name__}"
-    ready = all(v == "ok" for v in checks.values())
-    return jsonify(status="ready" if ready else "unavailable", checks=checks), 200 if ready else 503
+    except (sa.exc.SQLAlchemyError, ReadTimeout) as exc:
+        return f"unavailable: {type(exc).__name__}"
+    return "ok"

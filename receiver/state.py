@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from config import Config
-from store.db import engine_for
+from store.db import reader_engine_for
 
 
 def settings() -> Config:
@@ -19,4 +19,6 @@ def redis_client() -> redis.Redis:
 
 
 def engine() -> sa.Engine:
-    return engine_for(settings().database_url)
+    """The readers' engine: a request's database work is cancelled past READ_TIMEOUT_MS (store/db.py)."""
+    config = settings()
+    return reader_engine_for(config.database_url, config.read_timeout_ms)

@@ -1,8 +1,29 @@
-"""Database engines: SQLite in WAL mode by default, PostgreSQL (psycopg 3) in production."""
+"""Database engines: SQLite in WAL mode by default, PostgreSQL (psycopg 3) in production.
+
+Two kinds, kept apart. `engine_for(url)` is the write path's (RQ workers,
+migrations, tools): no time limit, a drain's transaction takes what it takes.
+`reader_engine_for(url, timeout_ms)` is the readers' (the query API, dashboard,
+submission API, metrics): each checkout of a connection, which is one request's
+database work, gets a deadline `timeout_ms` away, and the database cancels what
+runs past it:
+
+- SQLite: a progress handler, called every READ_CHECK_EVERY virtual-machine
+  instructions, interrupts the statement once the checkout's deadline has passed;
+- PostgreSQL: `statement_timeout` on the connection (libpq options) cancels any
+  statement that runs longer, lock waits included; a statement that would start
+  after the checkout's deadline is refused, so a request's reads end within twice
+  the budget however many statements it makes.
+
+Either way the caller gets `ReadTimeout`, which the receiver answers with 503
+and Retry-After (receiver/errors.py).
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import sqlite3
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -12,38 +33,120 @@ _engines: dict[str, sa.Engine] = {}
 PG_CONNECT_TIMEOUT_S = 5
 """Seconds a new PostgreSQL connection may take before it fails (libpq's connect_timeout)."""
 
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+"""How long a SQLite connection waits for a lock held by another (a reader waits at most its timeout)."""
+
+READ_CHECK_EVERY = 1000
+"""SQLite virtual-machine instructions between two looks at a read's deadline (a few microseconds)."""
+
+PG_QUERY_CANCELED = "57014"
+"""SQLSTATE of a statement cancelled by statement_timeout (or by pg_cancel_backend)."""
+
+
+class ReadTimeout(Exception):
+    """A reader's database work ran past its deadline and was cancelled."""
+
+    def __init__(self, timeout_ms: int):
+        super().__init__(f"the query was cancelled after READ_TIMEOUT_MS ({timeout_ms} ms)")
+        self.timeout_ms = timeout_ms
+
+
+class Deadline:
+    """When the work of a connection's current checkout must be over (time.monotonic() seconds)."""
+
+    def __init__(self) -> None:
+        self.at = math.inf
+
+    def arm(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+
+    def disarm(self) -> None:
+        self.at = math.inf
+
+    def passed(self) -> bool:
+        return time.monotonic() > self.at
+
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     """WAL lets readers (the API) run beside the writer (the persist worker)."""
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
 
-def create_engine(url: str) -> sa.Engine:
-    """A new engine for `url`; for a SQLite file, its folder is created first."""
+def create_engine(url: str, read_timeout_ms: int | None = None) -> sa.Engine:
+    """A new engine for `url`; with `read_timeout_ms`, a readers' engine (see the module docstring)."""
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url)
+        # sqlite3's `timeout` is SQLite's busy timeout, in seconds.
+        busy_ms = min(SQLITE_BUSY_TIMEOUT_MS, read_timeout_ms or SQLITE_BUSY_TIMEOUT_MS)
+        engine = sa.create_engine(url, connect_args={"timeout": busy_ms / 1000})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    connect_args = {}
-    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-        # libpq waits for an unreachable server for ever by default; a
-        # connect_timeout given in the URL is kept.
-        connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args)
+    else:
+        connect_args = {}
+        if backend == "postgresql" and "connect_timeout" not in parsed.query:
+            # libpq waits for an unreachable server for ever by default; a
+            # connect_timeout given in the URL is kept.
+            connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+        if backend == "postgresql" and read_timeout_ms:
+            connect_args["options"] = f"-c statement_timeout={int(read_timeout_ms)}"
+        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args)
+    if read_timeout_ms:
+        _bound_reads(engine, read_timeout_ms)
+    return engine
+
+
+def _bound_reads(engine: sa.Engine, timeout_ms: int) -> None:
+    """Give each checkout a deadline, enforced by the database, and turn its cancellations into ReadTimeout."""
+    sqlite = engine.dialect.name == "sqlite"
+
+    @sa.event.listens_for(engine, "connect")
+    def add_deadline(dbapi_conn, record) -> None:
+        deadline = record.info["read_deadline"] = Deadline()
+        if sqlite:
+            dbapi_conn.set_progress_handler(deadline.passed, READ_CHECK_EVERY)
+
+    @sa.event.listens_for(engine, "checkout")
+    def arm(_dbapi_conn, record, _proxy) -> None:
+        record.info["read_deadline"].arm(timeout_ms / 1000)
+
+    @sa.event.listens_for(engine, "reset")
+    def disarm(_dbapi_conn, record, _state) -> None:
+        record.info["read_deadline"].disarm()  # the pool's rollback must not be interrupted
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def refuse_late(conn, _cursor, _statement, _parameters, _context, _executemany) -> None:
+        if conn.info["read_deadline"].passed():
+            raise ReadTimeout(timeout_ms)
+
+    @sa.event.listens_for(engine, "handle_error")
+    def cancelled(context) -> ReadTimeout | None:
+        original = context.original_exception
+        if isinstance(original, sqlite3.OperationalError) and str(original) == "interrupted":
+            return ReadTimeout(timeout_ms)
+        if getattr(original, "sqlstate", None) == PG_QUERY_CANCELED:
+            return ReadTimeout(timeout_ms)
+        return None
 
 
 def engine_for(url: str) -> sa.Engine:
-    """The process's shared engine for `url`, made anew after a fork (pooled connections must not cross it)."""
-    key = f"{os.getpid()}:{url}"
+    """The process's shared write-path engine for `url`, made anew after a fork (pooled connections cannot cross it)."""
+    return _shared(url, None)
+
+
+def reader_engine_for(url: str, timeout_ms: int) -> sa.Engine:
+    """The process's shared readers' engine for `url`: every request's reads cancelled past `timeout_ms`."""
+    return _shared(url, timeout_ms)
+
+
+def _shared(url: str, read_timeout_ms: int | None) -> sa.Engine:
+    key = f"{os.getpid()}:{read_timeout_ms}:{url}"
     engine = _engines.get(key)
     if engine is None:
-        engine = _engines[key] = create_engine(url)
+        engine = _engines[key] = create_engine(url, read_timeout_ms)
     return engine

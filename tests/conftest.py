@@ -18,19 +18,21 @@ from config import Config
 from config import database_url as normalise_url
 from receiver import create_app
 from store.migrate import upgrade
+from store.schema import AGGREGATES
 from store.schema import metadata
 from tests import reporting_data
 from tests.support import RedisServer
+from tests.support import with_intake
 
 PG_URL = normalise_url(os.environ.get("DATABASE_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test"))
 TOKENS = {"WEBHOOK_TOKENS": "hook-old,hook-new", "READ_TOKENS": "read-token", "SUBMIT_TOKENS": "submit-token"}
 
 
 def clear(url: str) -> None:
-    """Empty every table of the store at `url`."""
+    """Empty every table of the store at `url`: the base tables first, then the aggregates their triggers keep."""
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        for table in reversed(metadata.sorted_tables):
+        for table in sorted(reversed(metadata.sorted_tables), key=lambda table: table in AGGREGATES):
             conn.execute(table.delete())
     engine.dispose()
 
@@ -106,9 +108,12 @@ def config(redis_url, database_url, monkeypatch) -> Config:
 
 @pytest.fixture
 def app(config):
-    app = create_app(config)
+    """The readers' app, with webhooks passed to an intake app as nginx passes them."""
+    intake = create_app(config, kind="intake")
+    app = with_intake(create_app(config), intake)
     yield app
-    app.extensions["redis"].close()
+    for each in (app, intake):
+        each.extensions["redis"].close()
 
 
 @pytest.fixture

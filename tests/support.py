@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import redis
+from flask import Flask
 from rq import Queue
 from rq import Worker
 
@@ -72,13 +73,32 @@ def run_worker(redis_url: str, queue: str) -> None:
     Worker([Queue(queue, connection=conn)], connection=conn).work(burst=True, logging_level="WARNING")
 
 
-class Gunicorn(common.Gunicorn):
-    """gunicorn serving wsgi:app with the project's config and `workers` workers, its logs captured to a file."""
+def with_intake(api: Flask, intake: Flask) -> Flask:
+    """`api`, passing /webhooks/ requests to `intake` as deploy/nginx.conf does: one test client for both apps."""
+    readers = api.wsgi_app
 
-    def __init__(self, env: dict[str, str], workers: int = 2):
-        log_path = Path(tempfile.mkdtemp(prefix="gunicorn-test-")) / "gunicorn.log"
-        super().__init__("wsgi:app", {**os.environ, **env, "WEB_CONCURRENCY": str(workers)}, log_path,
-                         error=AssertionError)
+    def route(environ, start_response):
+        app = intake if environ.get("PATH_INFO", "").startswith("/webhooks/") else readers
+        return app(environ, start_response)
+
+    api.wsgi_app = route
+    return api
+
+
+APP_NAMES = {"intake": "wsgi:intake", "api": "wsgi:app"}
+"""The WSGI app each kind of gunicorn serves (wsgi.py)."""
+
+
+class Gunicorn(common.Gunicorn):
+    """gunicorn serving the `kind` app (intake or api) with the project's config and `workers` workers.
+
+    Its logs are captured to a file.
+    """
+
+    def __init__(self, env: dict[str, str], workers: int = 2, kind: str = "api"):
+        log_path = Path(tempfile.mkdtemp(prefix=f"gunicorn-{kind}-")) / "gunicorn.log"
+        super().__init__(APP_NAMES[kind], {**os.environ, **env, "APP_KIND": kind, "WEB_CONCURRENCY": str(workers)},
+                         log_path, error=AssertionError)
 
 
 # -- crash and outage helpers (killing and restarting real processes) ----------------------------
