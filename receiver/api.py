@@ -23,6 +23,8 @@ from receiver.params import Params
 from receiver.params import encode_cursor
 from receiver.state import engine
 from store import queries
+from store import stats as stats_from
+from store.schema import LATENCY_BOUNDS
 from store.schema import SOURCES
 from store.schema import STATUSES
 from store.schema import utcnow
@@ -101,19 +103,21 @@ def list_tasks():
 @bp.get("/stats")
 @require_bearer("read_tokens")
 def stats():
-    """Counts, spend and backlog; `since` (inclusive) and `until` (exclusive) bound the window."""
+    """Counts, spend, latency and backlog; `since` (inclusive) and `until` (exclusive) bound the window.
+
+    From the hourly aggregates (store/stats.py). `tasksByModel` keys a task without a model as "";
+    each latency histogram has one count per bound of `boundsSeconds` (at most that many seconds,
+    more than the bound before) and a last one for everything slower.
+    """
     params = Params(request.args, ("since", "until"))
     window = queries.Window(*params.time_range())
     now = utcnow()
     with engine().connect() as conn, queries.read_snapshot(conn).begin():
-        by_status, by_source = queries.task_counts(conn, window)
-        conflicts = queries.conflict_count(conn, window)
-        average = queries.average_deliveries(conn, window)
-        spend, successes = queries.total_spend(conn, window)
-        days = queries.spend_by_day(conn, window)
-        outcomes = queries.deliveries_by_outcome(conn, window)
-        dead, dead_pending = queries.dead_letter_counts(conn, window)
-        waiting = queries.waiting_tasks(conn)
+        created = stats_from.task_totals(conn, window)
+        results = stats_from.result_totals(conn, window)
+        outcomes, stored_latency = stats_from.delivery_totals(conn, window)
+        dead, dead_pending = stats_from.dead_letter_counts(conn, window)
+        waiting = stats_from.waiting_tasks(conn)
     oldest = None
     if waiting.oldest_uuid is not None:
         age = (now - waiting.oldest_submitted_at).total_seconds() if waiting.oldest_submitted_at else None
@@ -123,22 +127,26 @@ def stats():
         window={"since": _iso(window.since), "until": _iso(window.until)},
         generatedAt=now.isoformat(),
         tasks={
-            "total": sum(by_status.values()),
-            "byStatus": by_status,
-            "bySource": by_source,
-            "conflicts": conflicts,
-            "averageDeliveries": float(round(average, 6)) if average is not None else None,
+            "total": sum(created.by_status.values()),
+            "byStatus": created.by_status,
+            "bySource": created.by_source,
+            "conflicts": created.conflicts,
+            "averageDeliveries": (float(round(created.average_deliveries, 6))
+                                  if created.average_deliveries is not None else None),
         },
         spend={
-            **_money(spend),
-            "successes": successes,
+            **_money(results.spend),
+            "successes": results.successes,
             "byDay": [
                 {"day": d.day.isoformat(), "tasks": d.tasks, "successes": d.successes, "errors": d.errors,
                  **_money(d.spend)}
-                for d in days
+                for d in results.days
             ],
         },
+        tasksByModel=created.by_model,
         deliveries={"received": sum(outcomes.values()), "byOutcome": outcomes},
+        latency={"boundsSeconds": list(LATENCY_BOUNDS), "submittedToResult": results.latency,
+                 "receivedToStored": stored_latency},
         deadLetters={"total": dead, "pending": dead_pending},
         waiting={"count": waiting.count, "oldest": oldest},
     )

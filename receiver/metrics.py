@@ -12,7 +12,7 @@ own values.
 
 Queue depth, the age of the oldest pending delivery and the spend are not counted
 but read at scrape time: from the Redis stream (one pipelined round trip) and from
-the store (a SUM over the tasks, cached for SPEND_CACHE_SECONDS), so they are right
+the store (from the hourly aggregates, cached for SPEND_CACHE_SECONDS), so they are right
 across restarts, duplicates and replays.
 
 The webhook path pays one counter increment per request and one histogram
@@ -49,7 +49,7 @@ from receiver.errors import error_response
 from receiver.state import engine
 from receiver.state import redis_client
 from receiver.state import settings
-from store.schema import tasks
+from store import stats
 from workers.queues import DELIVERY_GROUP
 from workers.queues import DELIVERY_STREAM
 from workers.queues import PERSIST_QUEUE
@@ -96,8 +96,8 @@ class _Spend:
         with self.lock:
             if self.value is None or time.monotonic() - self.at > SPEND_CACHE_SECONDS:
                 with engine.connect() as conn:
-                    total = conn.scalar(sa.select(sa.func.sum(tasks.c.cost)).where(tasks.c.status == "success"))
-                self.value, self.at = float(total or 0), time.monotonic()
+                    total = stats.total_spend(conn)
+                self.value, self.at = float(total), time.monotonic()
             return self.value
 
 

@@ -1,31 +1,17 @@
 """Reading the store for the API and dashboards: one function per question, SQLAlchemy Core.
 
-Time windows are half-open, `since <= t < until`, either end optional. Which
-timestamp a question filters on is part of its answer, so each docstring says:
-task counts use `created_at`, spend and finished tasks use `result_at` (when the
-result was received), deliveries `received_at`, dead letters `created_at`.
-
-Money is exact: `tasks.cost` is NUMERIC(20, 10). PostgreSQL sums it as numeric.
-SQLite keeps it as a REAL, so there every cost is first rounded to whole units
-of 1e-10 USD and the integers are summed (`_cost_sum`); either way the total
-comes back as a `Decimal` with 10 places.
+Time windows are half-open, `since <= t < until`, either end optional. The
+figures of `GET /api/stats` come from the aggregates, in store/stats.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
 from datetime import datetime
-from decimal import Decimal
 
 import sqlalchemy as sa
 
 from store import search as search_query
-from store.schema import FINAL_STATUSES
-from store.schema import SOURCES
-from store.schema import STATUSES
-from store.schema import dead_letters
-from store.schema import deliveries
 from store.schema import tasks
 
 PUBLIC_FIELDS = {
@@ -48,14 +34,6 @@ PUBLIC_FIELDS = {
 }
 """What the API shows of a task, by the name it shows it under."""
 
-COST_SCALE = 10
-"""Decimal places of `tasks.cost`; every sum of costs is exact to this many places."""
-
-COST_QUANTUM = Decimal(1).scaleb(-COST_SCALE)
-
-OUTCOMES = ("stored", "partial", "rejected")
-"""Outcomes of a logged delivery (see `store.results.Delivery.outcome`)."""
-
 
 @dataclass(frozen=True)
 class Window:
@@ -72,26 +50,6 @@ class Window:
         if self.until is not None:
             conditions.append(column < self.until)
         return conditions
-
-
-@dataclass(frozen=True)
-class DaySpend:
-    """Finished tasks and their cost on one UTC day (the day their result was received)."""
-
-    day: date
-    tasks: int
-    successes: int
-    errors: int
-    spend: Decimal
-
-
-@dataclass(frozen=True)
-class Waiting:
-    """Submitted tasks still waiting for a result, and the one waiting longest."""
-
-    count: int
-    oldest_uuid: str | None
-    oldest_submitted_at: datetime | None
 
 
 def task_json(row: sa.Row) -> dict:
@@ -171,130 +129,3 @@ def _newest(conn: sa.Connection, conditions: list[sa.ColumnElement], limit: int)
         .limit(limit)
     )
     return conn.execute(query).all()
-
-
-def task_counts(conn: sa.Connection, window: Window = Window()) -> tuple[dict[str, int], dict[str, int]]:
-    """How many tasks were created in `window`, by status and by source (every key present)."""
-    query = (
-        sa.select(tasks.c.status, tasks.c.source, sa.func.count())
-        .where(*window.covers(tasks.c.created_at))
-        .group_by(tasks.c.status, tasks.c.source)
-    )
-    by_status = dict.fromkeys(STATUSES, 0)
-    by_source = dict.fromkeys(SOURCES, 0)
-    for status, source, count in conn.execute(query):
-        by_status[status] = by_status.get(status, 0) + count
-        by_source[source] = by_source.get(source, 0) + count
-    return by_status, by_source
-
-
-def conflict_count(conn: sa.Connection, window: Window = Window()) -> int:
-    """How many tasks created in `window` got successes that disagreed (`conflict`)."""
-    query = sa.select(sa.func.count()).where(tasks.c.conflict.is_(True), *window.covers(tasks.c.created_at))
-    return conn.scalar(query)
-
-
-def average_deliveries(conn: sa.Connection, window: Window = Window()) -> Decimal | None:
-    """Webhook items per task, over tasks created in `window` that got at least one (None: no such task)."""
-    query = sa.select(sa.func.sum(tasks.c.delivery_count), sa.func.count()).where(
-        tasks.c.delivery_count > 0, *window.covers(tasks.c.created_at)
-    )
-    total, count = conn.execute(query).one()
-    return Decimal(total) / Decimal(count) if count else None
-
-
-def _cost_sum(dialect: str, only: sa.ColumnElement | None = None) -> sa.ColumnElement:
-    """SUM of `tasks.cost` (of rows matching `only`), exact: see the module docstring."""
-    cost = tasks.c.cost if only is None else sa.case((only, tasks.c.cost))
-    if dialect == "sqlite":
-        units = sa.cast(sa.func.round(cost * sa.literal(10**COST_SCALE, sa.BigInteger)), sa.BigInteger)
-        return sa.func.sum(units, type_=sa.BigInteger)
-    return sa.func.sum(cost, type_=sa.Numeric(38, COST_SCALE))
-
-
-def _money(value: int | Decimal | None, dialect: str) -> Decimal:
-    """A `_cost_sum` result as a Decimal with COST_SCALE places (0 for an empty sum)."""
-    if value is None:
-        return Decimal(0).quantize(COST_QUANTUM)
-    if dialect == "sqlite":
-        value = Decimal(value).scaleb(-COST_SCALE)
-    return Decimal(value).quantize(COST_QUANTUM)
-
-
-def total_spend(conn: sa.Connection, window: Window = Window()) -> tuple[Decimal, int]:
-    """What the successes whose result was received in `window` cost (USD, exact), and how many there were."""
-    dialect = conn.dialect.name
-    query = sa.select(_cost_sum(dialect), sa.func.count()).where(
-        tasks.c.status == "success", *window.covers(tasks.c.result_at)
-    )
-    spend, successes = conn.execute(query).one()
-    return _money(spend, dialect), successes
-
-
-def utc_day(column: sa.ColumnElement, dialect: str) -> sa.ColumnElement:
-    """The UTC calendar day of a timestamp column, as a DATE on both databases."""
-    if dialect == "sqlite":
-        return sa.func.date(column, type_=sa.Date)  # SQLite keeps UTC times as text
-    return sa.cast(sa.func.timezone("UTC", column), sa.Date)
-
-
-def spend_by_day(conn: sa.Connection, window: Window = Window()) -> list[DaySpend]:
-    """Per UTC day of `result_at` in `window`: finished tasks, successes, errors and spend.
-
-    Only days with at least one finished task appear (the `daily_spend` view has
-    the same rows); oldest day first.
-    """
-    dialect = conn.dialect.name
-    day = utc_day(tasks.c.result_at, dialect).label("day")
-    success = tasks.c.status == "success"
-    query = (
-        sa.select(
-            day,
-            sa.func.count(),
-            sa.func.sum(sa.case((success, 1), else_=0)),
-            sa.func.sum(sa.case((tasks.c.status == "error", 1), else_=0)),
-            _cost_sum(dialect, only=success),
-        )
-        .where(tasks.c.status.in_(FINAL_STATUSES), tasks.c.result_at.is_not(None), *window.covers(tasks.c.result_at))
-        .group_by(day)
-        .order_by(day)
-    )
-    return [
-        DaySpend(day=d, tasks=n, successes=ok, errors=bad, spend=_money(spend, dialect))
-        for d, n, ok, bad, spend in conn.execute(query)
-    ]
-
-
-def deliveries_by_outcome(conn: sa.Connection, window: Window = Window()) -> dict[str, int]:
-    """Webhook POSTs logged with a `received_at` in `window`, by outcome (every outcome present)."""
-    query = (
-        sa.select(deliveries.c.outcome, sa.func.count())
-        .where(*window.covers(deliveries.c.received_at))
-        .group_by(deliveries.c.outcome)
-    )
-    counts = dict.fromkeys(OUTCOMES, 0)
-    counts.update((outcome, n) for outcome, n in conn.execute(query))
-    return counts
-
-
-def dead_letter_counts(conn: sa.Connection, window: Window = Window()) -> tuple[int, int]:
-    """Dead letters created in `window`: how many, and how many are not replayed yet."""
-    query = sa.select(
-        sa.func.count(),
-        sa.func.coalesce(sa.func.sum(sa.case((dead_letters.c.replayed_at.is_(None), 1), else_=0)), 0),
-    ).where(*window.covers(dead_letters.c.created_at))
-    total, pending = conn.execute(query).one()
-    return total, pending
-
-
-def waiting_tasks(conn: sa.Connection) -> Waiting:
-    """Tasks this service submitted that still wait for a result, now (no window: age is the point)."""
-    submitted = tasks.c.status == "submitted"
-    count = conn.scalar(sa.select(sa.func.count()).where(submitted))
-    oldest = conn.execute(
-        sa.select(tasks.c.task_uuid, tasks.c.submitted_at)
-        .where(submitted)
-        .order_by(tasks.c.submitted_at.asc().nulls_last(), tasks.c.task_uuid)
-        .limit(1)
-    ).first()
-    return Waiting(count, *(oldest or (None, None)))

@@ -231,22 +231,21 @@ def postgresql_triggers(table: str) -> list[str]:
 
 
 def create_tables() -> None:
-    hour = sa.Column('hour', TIME, primary_key=True)
-    model = sa.Column('model', sa.String(128), primary_key=True, comment="'' when the task names none")
-    bucket = sa.Column('latency_bucket', sa.SmallInteger, primary_key=True)
-    op.create_table(
-        'task_hours', hour.copy(), sa.Column('status', sa.String(16), primary_key=True),
-        sa.Column('source', sa.String(16), primary_key=True), model.copy(),
-        *(sa.Column(m, sa.BigInteger, nullable=False) for m in ('tasks', 'conflicts', 'delivered_tasks', 'deliveries')),
-    )
-    op.create_table(
-        'result_hours', hour.copy(), sa.Column('status', sa.String(16), primary_key=True), model.copy(),
-        bucket.copy(), *(sa.Column(m, sa.BigInteger, nullable=False) for m in ('tasks', 'cost_units')),
-    )
-    op.create_table(
-        'delivery_hours', hour.copy(), sa.Column('outcome', sa.String(16), primary_key=True), bucket.copy(),
-        sa.Column('deliveries', sa.BigInteger, nullable=False),
-    )
+    def hour():
+        return sa.Column('hour', TIME, primary_key=True)
+
+    def key(name: str, kind=sa.String(16)):
+        return sa.Column(name, kind, primary_key=True)
+
+    def measures(*names: str):
+        return [sa.Column(name, sa.BigInteger, nullable=False) for name in names]
+
+    op.create_table('task_hours', hour(), key('status'), key('source'), key('model', sa.String(128)),
+                    *measures('tasks', 'conflicts', 'delivered_tasks', 'deliveries'))
+    op.create_table('result_hours', hour(), key('status'), key('model', sa.String(128)),
+                    key('latency_bucket', sa.SmallInteger), *measures('tasks', 'cost_units'))
+    op.create_table('delivery_hours', hour(), key('outcome'), key('latency_bucket', sa.SmallInteger),
+                    *measures('deliveries'))
 
 
 def upgrade() -> None:
