@@ -9,7 +9,6 @@ unless REQUIRE_BROWSER=1 (as in CI), when it fails.
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import timedelta
 from decimal import Decimal
@@ -19,8 +18,10 @@ import pytest
 from store.schema import tasks
 from store.schema import utcnow
 from tests import reporting_data as data
-from tests.chromium import Chromium
-from tests.chromium import find_chromium
+from tests.chromium import collect_errors
+from tests.chromium import new_tab
+from tests.chromium import open_tabs
+from tests.chromium import wait_until
 from tests.conftest import TOKENS
 from tests.reporting_data import UUID
 from tests.support import ROOT
@@ -81,15 +82,9 @@ def test_the_script_never_turns_strings_into_markup_or_logs():
 
 
 @pytest.fixture
-def chromium():
-    path = find_chromium()
-    if path is None:
-        message = "Chromium not found (apt-get install chromium, or set CHROMIUM to its path)"
-        if os.environ.get("REQUIRE_BROWSER") == "1":
-            pytest.fail(message + "; REQUIRE_BROWSER=1")
-        pytest.skip(message)
-    with Chromium(path) as browser:
-        yield browser
+def tabs():
+    with open_tabs() as context:
+        yield context
 
 
 @pytest.fixture
@@ -118,12 +113,12 @@ def shown(page) -> list[str]:
 
 
 def texts(page, *ids: str) -> list[str]:
-    return [page.text(f"#{id_}") for id_ in ids]
+    return [page.text_content(f"#{id_}") for id_ in ids]
 
 
 @pytest.mark.browser
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_dashboard_in_chromium(chromium, server, engine, tmp_path):
+def test_dashboard_in_chromium(tabs, server, engine, tmp_path):
     data.load(engine)
     now = utcnow()
     task_j = fresh_task(0, now, status="success", text="fresh result", cost=Decimal("0.25"), result_at=now,
@@ -131,35 +126,38 @@ def test_dashboard_in_chromium(chromium, server, engine, tmp_path):
     with engine.begin() as conn:
         conn.execute(tasks.insert(), [task_j])
 
-    page = chromium.new_page()
+    page = new_tab(tabs)
+    reported = collect_errors(page)
+    requests = []
+    page.on("request", lambda request: requests.append(request))
     page.goto(server.url + "/dashboard")
-    page.wait_for("!document.getElementById('login').hidden")
+    wait_until(page, "!document.getElementById('login').hidden")
     assert page.evaluate("document.getElementById('board').hidden")
-    page.screenshot(tmp_path / "sign-in.png")
+    page.screenshot(path=tmp_path / "sign-in.png")
 
     # A wrong token is refused and not kept.
-    page.type("#token", "wrong-token")
+    page.fill("#token", "wrong-token")
     page.click("#login-form button[type=submit]")
-    page.wait_for("document.getElementById('login-error').textContent.includes('refused')")
+    wait_until(page, "document.getElementById('login-error').textContent.includes('refused')")
     assert page.evaluate("sessionStorage.length") == 0
 
     # The read token opens the board; the default range (7 days) holds task J alone.
-    page.type("#token", "read-token")
+    page.fill("#token", "read-token")
     page.click("#login-form button[type=submit]")
-    page.wait_for("Number(document.body.dataset.refreshed) >= 1")
+    wait_until(page, "Number(document.body.dataset.refreshed) >= 1")
     assert page.evaluate("document.getElementById('token').value") == ""
     assert texts(page, "count-total", "count-success", "spend-today", "spend-range") == ["1", "1", "$0.25", "$0.25"]
     days = page.evaluate("[...document.querySelectorAll('#days tbody tr')].map(r => r.dataset.day)")
     assert len(days) == 7 and days[0] == now.date().isoformat()
 
     # All time: the hand-worked figures, plus J.
-    page.choose("#range", "all")
-    page.wait_for("document.getElementById('count-total').textContent === '10'")
+    page.select_option("#range", "all")
+    wait_until(page, "document.getElementById('count-total').textContent === '10'")
     assert texts(page, "count-success", "count-error", "count-submitted", "count-queued", "count-sources") == [
         "6", "1", "2", "1", "5 / 5"]
     assert texts(page, "spend-range", "conflicts", "dead-letters", "deliveries") == ["$1.786468", "1", "3 (2)", "4"]
     assert page.evaluate("document.getElementById('spend-range').title").startswith("1.7864678901 USD exactly")
-    assert page.text("#waiting").startswith("2 · oldest ")
+    assert page.text_content("#waiting").startswith("2 · oldest ")
     day_rows = page.evaluate("[...document.querySelectorAll('#days tbody tr')]"
                              ".map(r => [...r.cells].slice(0, 5).map(c => c.textContent))")
     assert day_rows == [[now.date().isoformat(), "1", "1", "0", "$0.25"],
@@ -172,42 +170,41 @@ def test_dashboard_in_chromium(chromium, server, engine, tmp_path):
     assert caption == data.XSS_TEXT
     assert page.evaluate("document.querySelectorAll('#tasks img, #tasks script').length") == 0
     assert page.evaluate("typeof window.__xss") == "undefined"
-    page.screenshot(tmp_path / "dashboard.png", full_page=True)
+    page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
 
     # The status filter.
-    page.choose("#status-filter", "error")
-    page.wait_for(f"JSON.stringify({ROWS}) === '[\"{UUID['D']}\"]'")
+    page.select_option("#status-filter", "error")
+    wait_until(page, f"JSON.stringify({ROWS}) === '[\"{UUID['D']}\"]'")
     assert page.evaluate("document.querySelector('#tasks td.caption').textContent") == (
         "timeoutProvider: the provider timed out")
-    page.choose("#status-filter", "")
-    page.wait_for(f"{ROWS}.length === 10")
+    page.select_option("#status-filter", "")
+    wait_until(page, f"{ROWS}.length === 10")
 
     # Auto-refresh shows tasks that arrive later; paging walks through them.
     later = [fresh_task(n, now + timedelta(seconds=n)) for n in range(1, 16)]
     with engine.begin() as conn:
         conn.execute(tasks.insert(), later)
-    page.wait_for("document.getElementById('count-total').textContent === '25'", timeout=10)
-    page.wait_for(f"{ROWS}.length === 20")
+    wait_until(page, "document.getElementById('count-total').textContent === '25'", timeout=10_000)
+    wait_until(page, f"{ROWS}.length === 20")
     assert shown(page)[:16] == [t["task_uuid"] for t in reversed(later)] + [task_j["task_uuid"]]
     page.click("#next-page")
-    page.wait_for("document.getElementById('page-label').textContent === 'Page 2'")
-    page.wait_for(f"{ROWS}.length === 5")
+    wait_until(page, "document.getElementById('page-label').textContent === 'Page 2'")
+    wait_until(page, f"{ROWS}.length === 5")
     assert shown(page) == [UUID[n] for n in "DFCBA"]
     assert page.evaluate("document.getElementById('next-page').disabled")
     page.click("#prev-page")
-    page.wait_for(f"{ROWS}.length === 20 && document.getElementById('page-label').textContent === 'Page 1'")
+    wait_until(page, f"{ROWS}.length === 20 && document.getElementById('page-label').textContent === 'Page 1'")
 
     # Signing out forgets the token.
     page.click("#sign-out")
-    page.wait_for("!document.getElementById('login').hidden")
+    wait_until(page, "!document.getElementById('login').hidden")
     assert page.evaluate("sessionStorage.length") == 0
 
     # The token only ever travelled in the Authorization header, never in a URL or a log line.
-    requests = [e["request"] for e in page.events("Network.requestWillBeSent")]
-    assert not [r["url"] for r in requests if "token" in r["url"]]
-    api_calls = [r for r in requests if "/api/" in r["url"]]
-    assert api_calls and all(r["headers"].get("Authorization", "").startswith("Bearer ") for r in api_calls)
-    assert [e for e in page.console_errors() if "status of 401" not in e] == []
+    assert not [r.url for r in requests if "token" in r.url]
+    api_calls = [r for r in requests if "/api/" in r.url]
+    assert api_calls and all(r.all_headers().get("authorization", "").startswith("Bearer ") for r in api_calls)
+    assert [e for e in reported if "status of 401" not in e] == []
     log = server.output()
     assert "GET /dashboard" in log or "/dashboard" in log
     assert "GET /dashboard" in log, "the access log names the page's request (method and path)"
