@@ -69,3 +69,8 @@ fuzz: venv ## FUZZ_REQUESTS (100,000) hostile requests at every route, then drai
 	FUZZ_REQUESTS=$(FUZZ_REQUESTS) ATHERIS_RUNS=$(ATHERIS_RUNS) $(BIN)/python -m pytest -q -s --timeout 0 \
 		"tests/test_fuzz.py::test_generated_requests[sqlite]" tests/test_fuzz.py::test_coverage_guided_webhook_bodies \
 		$(PYTEST_ARGS)
+
+.PHONY: bench-readers
+READERS_ARGS ?=
+bench-readers: venv ## readers at scale: stats, search, lists at 1,000,000 tasks beside 10,000, webhooks with 20 readers polling; READERS_ARGS='--tasks 10000000' or '--stores sqlite --reseed'
+	$(BIN)/python -m bench.readers $(READERS_ARGS)

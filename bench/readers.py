@@ -5,7 +5,7 @@ bench-readers READERS_ARGS='...'`). For each store and each size (the small
 store is the baseline), a store seeded through the store's own write path
 (`bench.seed`, kept between runs) is served by the real stack over HTTP: a
 private Redis and gunicorn with `deploy/gunicorn.conf.py`, `wsgi:app` for the
-readers and, when `wsgi.py` names one, `wsgi:intake` for the webhooks (else
+readers and, when `wsgi.py` offers it, `wsgi:intake` for the webhooks (else
 `wsgi:app` serves both). Measured, through the public API only:
 
 - each query of QUERIES, RUNS times (bounded by a time budget): median and p95,
@@ -22,9 +22,9 @@ write elsewhere); the targets of issue 9 get a verdict (`bench.readers_report`).
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +40,7 @@ from bench import readers_report
 from bench import seed
 from bench.common import BENCH
 from bench.common import ROOT
+from bench.common import BenchError
 from bench.common import Context
 from bench.common import Gunicorn
 from bench.common import PostgresUnavailable
@@ -128,12 +129,14 @@ def time_query(base: str, token: str, kind: str, path: str, params: dict, runs: 
     return figures
 
 
-def intake_app() -> str | None:
-    """`wsgi:intake` when wsgi.py defines the intake's own app, else None (wsgi:app then serves webhooks too)."""
-    tree = ast.parse((ROOT / "wsgi.py").read_text())
-    names = {target.id for node in tree.body if isinstance(node, ast.Assign)
-             for target in node.targets if isinstance(target, ast.Name)}
-    return "wsgi:intake" if "intake" in names else None
+def has_intake_app(env: dict[str, str]) -> bool:
+    """True when wsgi.py offers the intake's own app (`wsgi:intake`); else `wsgi:app` serves webhooks too."""
+    check = "import sys, wsgi; sys.exit(0 if hasattr(wsgi, 'intake') else 3)"
+    done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    if done.returncode not in (0, 3):
+        raise BenchError(f"wsgi.py does not import: {done.stderr.strip()[-2000:]}")
+    return done.returncode == 0
 
 
 def measure(ctx: Context, seeded: seed.Seeded, args: argparse.Namespace) -> dict:
@@ -147,10 +150,10 @@ def measure(ctx: Context, seeded: seed.Seeded, args: argparse.Namespace) -> dict
         readers = Gunicorn("wsgi:app", env, scratch / "readers.log").start()
         servers.append(readers)
         intake = readers
-        if intake_app():
-            intake = Gunicorn(intake_app(), env, scratch / "intake.log").start()
+        if has_intake_app(env):
+            intake = Gunicorn("wsgi:intake", {**env, "APP_KIND": "intake"}, scratch / "intake.log").start()
             servers.append(intake)
-        layout = f"{intake.app} (webhooks) + wsgi:app (readers)" if intake is not readers else "wsgi:app (both)"
+        layout = "wsgi:intake (webhooks) + wsgi:app (readers)" if intake is not readers else "wsgi:app (both)"
         token = ctx.tokens["READ_TOKENS"]
         figures: dict = {"seeding": seeded.as_json(), "layout": layout, "queries": {}}
         for name, kind, path, params in queries(seeded.ended_at):
