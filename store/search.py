@@ -95,7 +95,7 @@ def parse(text: str) -> Query:
 def _word(word: str) -> Term:
     """A bare word, or a prefix when it ends in `*`."""
     stem = word.removesuffix("*")
-    if "*" in stem:
+    if "*" in stem or not stem:
         raise SearchError(f"{word!r}: '*' may only end a prefix, as in light*")
     if stem == word:
         return Term(word)
