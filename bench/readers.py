@@ -188,6 +188,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--small", type=int, default=SMALL_TASKS, help="tasks in the baseline store (10,000)")
     parser.add_argument("--stores", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--reseed", action="store_true", help="seed the stores anew even if kept ones match")
+    parser.add_argument("--seed-at", metavar="REVISION",
+                        help="seed at this migration revision, then upgrade to the head (default: seed at the head)")
     parser.add_argument("--runs", type=int, default=RUNS, help=f"timed runs per query ({RUNS})")
     parser.add_argument("--query-budget", type=float, default=QUERY_BUDGET_S,
                         help=f"seconds one query's runs may take ({QUERY_BUDGET_S:g})")
@@ -215,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         "schema": "captions-bench-readers/1",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(workdir),
-        "settings": {"tasks": args.tasks, "small": args.small, "stores": args.stores, "runs": args.runs,
+        "settings": {"tasks": args.tasks, "small": args.small, "stores": args.stores, "seed_at": args.seed_at,
+                     "runs": args.runs,
                      "query_budget_s": args.query_budget, "rate": args.rate, "seconds": args.seconds,
                      "readers": args.readers, "later_page": LATER_PAGE},
         "stores": {},
@@ -227,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             for n in sizes:
                 progress(f"== {store}, {n:,} tasks")
                 try:
-                    seeded = seed.prepare(store, n, args.cache, args.reseed, progress)
+                    seeded = seed.prepare(store, n, args.cache, args.reseed, progress, args.seed_at)
                     lines[str(n)] = {"status": "ok", **measure(ctx, seeded, args)}
                 except PostgresUnavailable as exc:
                     lines[str(n)] = {"status": "skipped", "note": str(exc)}

@@ -123,17 +123,22 @@ def _webhook_rows(results: dict) -> list[str]:
 
 
 def _seeding_rows(results: dict) -> list[str]:
-    rows = ["| store | tasks | deliveries | seeded in | deliveries/s | tasks/s | this run |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    rows = ["| store | tasks | deliveries | seeded in | deliveries/s | tasks/s | seeded at revision, then upgraded in "
+            "| this run |", "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for store, lines in results["stores"].items():
         for n, line in sorted(lines.items(), key=lambda pair: int(pair[0])):
             if line.get("status") == "ok":
                 s = line["seeding"]
                 seconds = "–" if s["seed_seconds"] is None else f"{s['seed_seconds']:,.0f} s"
                 rows.append(f"| {store} | {s['tasks']:,} | {s['deliveries']:,} | {seconds} | "
-                            f"{s['deliveries_per_s'] or 0:,} | {s['tasks_per_s'] or 0:,} | "
+                            f"{s['deliveries_per_s'] or 0:,} | {s['tasks_per_s'] or 0:,} | {_upgrade(s)} | "
                             f"{'reused' if s['reused'] else 'seeded'} |")
     return rows
+
+
+def _upgrade(seeding: dict) -> str:
+    revision = seeding.get("seeded_at_revision")
+    return f"{revision}, then {seeding['upgrade_seconds']:,.0f} s" if revision else "head"
 
 
 def markdown(results: dict) -> str:

@@ -8,7 +8,9 @@ task in SUBMITTED_SHARE stored first by `store.submissions` (queued, then sent),
 so that source and status vary. While a batch is written the store's clock
 (`utcnow` in the `store` modules) reads the batch's receipt time, so created,
 updated and stored times spread over the 60 days as if the deliveries had
-arrived then.
+arrived then. Optionally the store is seeded at an earlier migration revision
+and then upgraded to the head, whose migrations build their tables from the
+rows (quicker where the head's triggers make every write dearer).
 
 Captions come from a vocabulary of a few thousand words drawn by a Zipf law;
 COMMON_WORD is in most captions, RARE_WORD in one task of RARE_EVERY, and
@@ -121,10 +123,13 @@ class Seeded:
     ended_at: datetime
     seconds: float | None
     reused: bool
+    seeded_at: str | None = None
+    upgrade_seconds: float | None = None
 
     def as_json(self) -> dict:
         return {"tasks": self.tasks, "deliveries": self.deliveries, "ended_at": self.ended_at.isoformat(),
-                "seed_seconds": self.seconds, "reused": self.reused,
+                "seed_seconds": self.seconds, "reused": self.reused, "seeded_at_revision": self.seeded_at,
+                "upgrade_seconds": self.upgrade_seconds,
                 "deliveries_per_s": round(self.deliveries / self.seconds) if self.seconds else None,
                 "tasks_per_s": round(self.tasks / self.seconds) if self.seconds else None}
 
@@ -313,13 +318,18 @@ def _pg_run(admin: sa.Engine, statement: str, name: str) -> None:
         conn.connection.driver_connection.execute(psycopg_sql.SQL(statement).format(psycopg_sql.Identifier(name)))
 
 
-def prepare(store: str, n: int, cache: Path, reseed: bool, progress) -> Seeded:
-    """A store of `n` tasks (`sqlite` or `postgres`): the kept one if complete, else seeded anew."""
+def prepare(store: str, n: int, cache: Path, reseed: bool, progress, seed_at: str | None = None) -> Seeded:
+    """A store of `n` tasks (`sqlite` or `postgres`): the kept one if complete, else seeded anew.
+
+    With `seed_at`, the store is seeded at that migration revision and then
+    upgraded to the head (whose migrations build what they add from the rows):
+    quicker where the head's triggers make every write dearer.
+    """
     from config import database_url
     from store.migrate import upgrade
 
     cache.mkdir(parents=True, exist_ok=True)
-    name = f"readers_{store}_{store_key(n)}"
+    name = f"readers_{store}_{store_key(n)}" + (f"_at{seed_at}" if seed_at else "")
     marker = None if reseed else _marker(cache, name)
     if store == "sqlite":
         path = cache / f"{name}.db"
@@ -345,11 +355,16 @@ def prepare(store: str, n: int, cache: Path, reseed: bool, progress) -> Seeded:
     if marker is not None:
         progress(f"{store}: reusing the seeded store of {n:,} tasks ({name})")
         return Seeded(store, url, n, marker["deliveries"], datetime.fromisoformat(marker["ended_at"]),
-                      marker["seed_seconds"], True)
+                      marker["seed_seconds"], True, marker["seeded_at_revision"], marker["upgrade_seconds"])
     progress(f"{store}: seeding {n:,} tasks through store.results.save_deliveries ({name})")
-    upgrade(url)
+    upgrade(url, seed_at or "head")
     deliveries, seconds, ended_at = write(url, n, progress)
-    seeded = Seeded(store, url, n, deliveries, ended_at, round(seconds, 1), False)
+    seeded = Seeded(store, url, n, deliveries, ended_at, round(seconds, 1), False, seed_at)
+    if seed_at:
+        started = time.monotonic()
+        upgrade(url)
+        seeded.upgrade_seconds = round(time.monotonic() - started, 1)
+        progress(f"{store}: upgraded from {seed_at} to the head in {seeded.upgrade_seconds:,.1f} s")
     (cache / f"{name}.json").write_text(json.dumps(seeded.as_json(), indent=2))
     return seeded
 
