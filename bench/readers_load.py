@@ -23,7 +23,7 @@ from bench.common import BenchError
 from bench.common import percentile
 from bench.common import webhook_body
 
-SENDER_THREADS = 16
+SENDER_THREADS = 64
 """Connections the webhook sender keeps busy at most; a slot waits for a free one (the lag is reported)."""
 
 READ_TIMEOUT_S = 40.0
@@ -97,7 +97,7 @@ def _send(intake: str, token: str, rate: float, seconds: float, out) -> None:
     elapsed = time.perf_counter() - start
     out.send({
         "sent": len(latencies), "seconds": round(elapsed, 2), "rate": round(len(latencies) / elapsed, 1),
-        "target_rate": rate, "statuses": dict(statuses),
+        "target_rate": rate, "connections": SENDER_THREADS, "statuses": dict(statuses),
         "p50_ms": _ms(percentile(latencies, 50)), "p99_ms": _ms(percentile(latencies, 99)),
         "max_ms": _ms(max(latencies, default=None)),
         "sender_lag_p99_ms": _ms(percentile(lags, 99)),
