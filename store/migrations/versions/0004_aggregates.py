@@ -265,17 +265,19 @@ def upgrade() -> None:
         op.execute(sql(upsert(name, signed(base(table), 1).subquery('rows'), dialect), dialect))
 
 
+def drop_triggers(dialect: str) -> list[str]:
+    """DROP statements for the triggers (and PostgreSQL functions) of `upgrade`."""
+    events = ('insert', 'update', 'delete')
+    if dialect == 'sqlite':
+        return [f'DROP TRIGGER {name}_{event}' for name in AGGREGATES for event in events]
+    return [ddl for table in ('tasks', 'deliveries') for event in events
+            for ddl in (f'DROP TRIGGER {table}_aggregates_{event} ON {table}',
+                        f'DROP FUNCTION {table}_aggregates_{event}()')]
+
+
 def downgrade() -> None:
-    dialect = op.get_bind().dialect.name
-    for table in ('tasks', 'deliveries'):
-        for event in ('insert', 'update', 'delete'):
-            if dialect == 'sqlite':
-                for name, (base_table, _, _) in AGGREGATES.items():
-                    if base_table == table:
-                        op.execute(f'DROP TRIGGER {name}_{event}')
-            else:
-                op.execute(f'DROP TRIGGER {table}_aggregates_{event} ON {table}')
-                op.execute(f'DROP FUNCTION {table}_aggregates_{event}()')
+    for statement in drop_triggers(op.get_bind().dialect.name):
+        op.execute(statement)
     op.drop_index('ix_tasks_result', table_name='tasks')
     op.drop_index('ix_tasks_created', table_name='tasks')
     for name in reversed(AGGREGATES):
