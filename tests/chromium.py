@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import BrowserContext
 from playwright.sync_api import Page
+from playwright.sync_api import Request
+from playwright.sync_api import Route
 from playwright.sync_api import sync_playwright
 
 from bench.common import free_port
@@ -97,3 +101,56 @@ def collect_errors(page: Page) -> list[str]:
     page.on("console", lambda message: reported.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: reported.append(str(error)))
     return reported
+
+
+
+class Traffic:
+    """A page's requests to paths that start with `prefix`, as the browser's network sees them.
+
+    Counts the requests in flight at once (from the page's request, finished and
+    failed events) and, with `hold=True`, holds each one at the browser's network
+    (`page.route`) in `held` until the test answers it or sends it on to the server.
+    """
+
+    def __init__(self, page: Page, prefix: str = "/api/", hold: bool = False):
+        self.page = page
+        self.prefix = prefix
+        self.sent: list[tuple[float, Request]] = []
+        self.ended: dict[Request, float] = {}
+        self.held: list[tuple[float, Route]] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        page.on("request", self._started)
+        page.on("requestfinished", self._ended)
+        page.on("requestfailed", self._ended)
+        if hold:
+            page.route(self._matches, lambda route: self.held.append((time.monotonic(), route)))
+
+    def _matches(self, url: str) -> bool:
+        return urlsplit(url).path.startswith(self.prefix)
+
+    def _started(self, request: Request) -> None:
+        if self._matches(request.url):
+            self.sent.append((time.monotonic(), request))
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+
+    def _ended(self, request: Request) -> None:
+        if self._matches(request.url):
+            self.ended[request] = time.monotonic()
+            self.in_flight -= 1
+
+    def run(self, seconds: float, delay: float = 0.0, until=None) -> None:
+        """Let the page run for `seconds`, or until `until()` is true, sending each held request on once
+        it was held `delay` seconds; fails when `until` is never true."""
+        end = time.monotonic() + seconds
+        while not (until and until()):
+            if time.monotonic() > end:
+                if until:
+                    raise AssertionError(f"not within {seconds} s: {until.__doc__ or until}")
+                return
+            self.page.wait_for_timeout(20)
+            ready = [item for item in self.held if time.monotonic() - item[0] >= delay]
+            for item in ready:
+                self.held.remove(item)
+                item[1].continue_()

@@ -12,12 +12,15 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 import pytest
 
+from receiver.dashboard import POLL_INTERVAL_MS
 from store.schema import tasks
 from store.schema import utcnow
 from tests import reporting_data as data
+from tests.chromium import Traffic
 from tests.chromium import collect_errors
 from tests.chromium import new_tab
 from tests.chromium import open_tabs
@@ -209,3 +212,82 @@ def test_dashboard_in_chromium(tabs, server, engine, tmp_path):
     assert "GET /dashboard" in log or "/dashboard" in log
     assert "GET /dashboard" in log, "the access log names the page's request (method and path)"
     assert "read-token" not in log and "wrong-token" not in log
+
+
+# --- polling responsibly ------------------------------------------------------------------------
+
+POLL_SECONDS = POLL_INTERVAL_MS / 1000
+
+
+def script_constant(name: str) -> float:
+    """A number the dashboard's script defines (`const NAME = 1234;`)."""
+    return float(re.search(rf"\bconst {name} = ([\d.]+);", SCRIPT.read_text()).group(1))
+
+
+def signed_in(tabs, server, clock: bool = False):
+    """A new tab showing the board, signed in with the read token; with `clock`, on Playwright's clock."""
+    page = new_tab(tabs)
+    if clock:
+        page.clock.install()
+    page.goto(server.url + "/dashboard")
+    page.fill("#token", "read-token")
+    page.click("#login-form button[type=submit]")
+    wait_until(page, "Number(document.body.dataset.refreshed) >= 1")
+    return page
+
+
+def status(page) -> tuple[str, str]:
+    """The status line: its state and its text."""
+    return tuple(page.evaluate("(line => [line.dataset.state, line.textContent])"
+                               "(document.getElementById('status-line'))"))
+
+
+def is_stats(request) -> bool:
+    return urlsplit(request.url).path == "/api/stats"
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_slow_answers_never_overlap_and_space_the_polls_out(tabs, server, engine):
+    data.load(engine)
+    page = signed_in(tabs, server)
+    traffic = Traffic(page, hold=True)
+    slow = 0.6 * POLL_SECONDS  # each answer held this long: a poll (stats, then tasks) outlasts the interval
+
+    def polls() -> list[float]:
+        """When each poll started: a poll opens with /api/stats."""
+        return [t for t, request in traffic.sent if is_stats(request)]
+
+    def done(n: int):
+        def check() -> bool:
+            return len(polls()) >= n and traffic.in_flight == 0 and not traffic.held
+        check.__doc__ = f"{n} polls, all answered"
+        return check
+
+    # A slow poll: the next one waits more than the interval.
+    traffic.run(POLL_SECONDS + 2, slow, until=done(1))
+    first_end = max(traffic.ended.values())
+    traffic.run(5 * POLL_SECONDS, slow, until=lambda: len(polls()) >= 2)
+    assert polls()[1] - first_end >= 2 * POLL_SECONDS, "backed off after a slow poll"
+    assert status(page)[0] == "slow"
+
+    # While the second poll is in flight, the user changes the range and the tab is hidden and shown:
+    # nothing starts until it ends, then one poll with the new range follows at once.
+    page.select_option("#range", "all")
+    other = new_tab(tabs)
+    assert page.evaluate("document.visibilityState") == "hidden"
+    page.bring_to_front()
+    other.close()
+    traffic.run(3 * POLL_SECONDS, slow, until=lambda: len(polls()) >= 3)
+    second_end = max(traffic.ended.values())
+    assert polls()[2] - second_end < 1, "the poll asked for meanwhile ran as soon as the last one ended"
+    third = [request for t, request in traffic.sent if is_stats(request)][2]
+    assert "since" not in urlsplit(third.url).query, "the third poll asks for all time"
+
+    # Quick answers again: back to the normal interval.
+    traffic.run(3 * POLL_SECONDS, until=done(4))
+    third_end = max(traffic.ended[r] for t, r in traffic.sent if t < polls()[3])
+    assert POLL_SECONDS - 0.3 <= polls()[3] - third_end < 2 * POLL_SECONDS
+    wait_until(page, "document.getElementById('count-total').textContent === '9'")
+    wait_until(page, "document.getElementById('status-line').dataset.state === 'fresh'")
+    assert traffic.most_in_flight == 1, "never two requests in flight"

@@ -1,6 +1,13 @@
 // The dashboard's script: signs in with a read token, then polls /api/stats and
 // /api/tasks and draws them.
 //
+// It polls responsibly: one request at a time and never a new poll while one is
+// in flight; when answers are slow, refused (503, 429) or fail, the wait doubles
+// with each such poll, up to a cap, and is never shorter than the server's
+// Retry-After; one good answer brings the normal interval back. A hidden tab
+// does not poll at all, and refreshes at once when it is shown again. The status
+// line says when the figures are stale and why.
+//
 // Rules this file keeps:
 // - the token lives in sessionStorage (this tab only) and travels only in the
 //   Authorization header: never in a URL, a cookie or the console;
@@ -13,6 +20,11 @@
   const TOKEN_KEY = "captions.readToken";
   const body = document.body;
   const POLL_MS = Math.max(1000, Number(body.dataset.pollMs) || 3000);
+  // The longest wait between polls that the backoff reaches (the server's Retry-After may ask for more).
+  const MAX_BACKOFF_MS = 60000;
+  // Waits after slow or refused answers are stretched by up to this fraction, at random, so
+  // that tabs sent away together do not all come back at the same moment.
+  const BACKOFF_JITTER = 0.1;
   const STATS_URL = body.dataset.statsUrl;
   const TASKS_URL = body.dataset.tasksUrl;
   const DAY_MS = 86400000;
@@ -27,9 +39,22 @@
     nextCursor: null,
     timer: null,
     generation: 0, // bumped on sign-out and on every filter change, to drop stale answers
+    inFlight: false, // a poll is running
+    again: false, // a poll was asked for while one ran: it starts when that one ends
+    strikes: 0, // slow or failed polls in a row
+    notBefore: 0, // the server asked not to be polled before this time (ms since the epoch)
+    updatedAt: null, // when the figures shown were generated, as the server said
   };
 
   class AuthError extends Error {}
+
+  // The server asked to wait: 503 or 429, with its Retry-After in milliseconds (0 if none).
+  class BusyError extends Error {
+    constructor(message, retryAfterMs) {
+      super(message);
+      this.retryAfterMs = retryAfterMs;
+    }
+  }
 
   const $ = (id) => document.getElementById(id);
 
@@ -118,6 +143,9 @@
       referrerPolicy: "no-referrer",
     });
     if (response.status === 401) throw new AuthError("the token was refused");
+    if (response.status === 503 || response.status === 429) {
+      throw new BusyError("HTTP " + response.status, retryAfterMs(response.headers.get("Retry-After")));
+    }
     let answer = null;
     try {
       answer = await response.json();
@@ -129,6 +157,15 @@
       throw new Error(message);
     }
     return answer;
+  }
+
+  // A Retry-After header in milliseconds: delay-seconds or an HTTP date; 0 when absent or unreadable.
+  function retryAfterMs(header) {
+    if (!header) return 0;
+    const seconds = Number(header);
+    if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
+    const date = Date.parse(header);
+    return Number.isNaN(date) ? 0 : Math.max(0, date - Date.now());
   }
 
   function statsParams(now) {
@@ -244,40 +281,125 @@
     setText("page-label", "Page " + (state.page + 1));
   }
 
-  // --- the refresh loop ---------------------------------------------------------------------
+  // --- the panels ---------------------------------------------------------------------------
 
-  async function refresh() {
+  // What a poll refreshes, in this order, one request at a time: each panel loads
+  // its answer, then draws it. A new panel is one more entry, with a load and a
+  // draw function of its own.
+  const PANELS = [
+    {load: (token, now) => getJSON(STATS_URL, statsParams(now), token), draw: drawStats},
+    {load: (token) => getJSON(TASKS_URL, taskParams(), token), draw: drawTasks},
+  ];
+
+  // --- the poll loop ------------------------------------------------------------------------
+
+  // One poll: every panel in turn. Never two at once: one asked for while another
+  // runs starts when that one ends. A hidden tab does not poll.
+  async function poll() {
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (!token) return showLogin("");
-    const generation = state.generation;
-    const now = new Date();
-    try {
-      const [stats, page] = await Promise.all([
-        getJSON(STATS_URL, statsParams(now), token),
-        getJSON(TASKS_URL, taskParams(), token),
-      ]);
-      if (generation !== state.generation) return; // the filters changed meanwhile
-      drawStats(stats, now);
-      drawTasks(page);
-      setText("status-line", "Updated " + utcTime(stats.generatedAt) + " UTC · refreshing every "
-        + Math.round(POLL_MS / 1000) + " s");
-      body.dataset.refreshed = String(Number(body.dataset.refreshed || 0) + 1);
-    } catch (error) {
-      if (error instanceof AuthError) return signOut("The token was refused. Sign in again.");
-      setText("status-line", "Could not refresh (" + error.message + "); trying again.");
+    if (state.inFlight) {
+      state.again = true;
+      return;
     }
-    schedule();
+    clearTimeout(state.timer);
+    if (document.hidden) return showPaused();
+    state.inFlight = true;
+    state.again = false;
+    const generation = state.generation;
+    const started = new Date();
+    let failure = null;
+    try {
+      for (const panel of PANELS) {
+        const now = new Date();
+        const answer = await panel.load(token, now);
+        if (generation !== state.generation) break; // the filters changed meanwhile: poll again
+        panel.draw(answer, now);
+      }
+    } catch (error) {
+      failure = error;
+    } finally {
+      state.inFlight = false;
+    }
+    if (generation === state.generation) {
+      if (failure instanceof AuthError) return signOut("The token was refused. Sign in again.");
+      if (!failure) {
+        state.updatedAt = started;
+        body.dataset.refreshed = String(Number(body.dataset.refreshed || 0) + 1);
+      }
+    }
+    if (!sessionStorage.getItem(TOKEN_KEY)) return; // signed out meanwhile
+    const wait = nextWait(failure, Date.now() - started.getTime());
+    showOutcome(failure, wait);
+    if (state.again || generation !== state.generation) return pollSoon();
+    schedule(wait);
   }
 
-  function schedule() {
+  // The wait before the next poll. After a quick good answer, the interval; after
+  // a slow poll (longer than the interval) or a failed one, a wait that doubles
+  // with each such poll in a row, up to MAX_BACKOFF_MS, and never shorter than
+  // the Retry-After of a server that asked to wait.
+  function nextWait(failure, elapsed) {
+    if (!failure && elapsed < POLL_MS) {
+      state.strikes = 0;
+      state.notBefore = 0;
+      return POLL_MS;
+    }
+    state.strikes += 1;
+    let wait = Math.min(MAX_BACKOFF_MS, POLL_MS * 2 ** state.strikes);
+    if (failure instanceof BusyError) wait = Math.max(wait, failure.retryAfterMs);
+    wait = Math.round(wait * (1 + BACKOFF_JITTER * Math.random()));
+    if (failure instanceof BusyError) state.notBefore = Date.now() + wait;
+    return wait;
+  }
+
+  function showOutcome(failure, wait) {
+    const next = utcTime(new Date(Date.now() + wait)) + " UTC";
+    if (!failure && state.strikes === 0) {
+      showStatus("fresh", "Updated " + utcTime(state.updatedAt) + " UTC · refreshing every "
+        + Math.round(POLL_MS / 1000) + " s");
+    } else if (!failure) {
+      showStatus("slow", "Updated " + utcTime(state.updatedAt) + " UTC · the server is slow; next refresh at " + next);
+    } else if (failure instanceof BusyError) {
+      showStatus("waiting", "The server asked to wait (" + failure.message + ")" + figuresFrom()
+        + " · next try at " + next);
+    } else {
+      showStatus("stale", "Could not refresh (" + failure.message + ")" + figuresFrom() + " · next try at " + next);
+    }
+  }
+
+  function figuresFrom() {
+    return state.updatedAt ? " · the figures are from " + utcTime(state.updatedAt) + " UTC" : " · no figures yet";
+  }
+
+  function showPaused() {
+    showStatus("paused", "Paused while this tab is hidden" + figuresFrom());
+  }
+
+  // The status line: a state (fresh, slow, waiting, stale, paused) and a sentence, as text.
+  function showStatus(name, text) {
+    const line = $("status-line");
+    line.dataset.state = name;
+    line.textContent = text;
+    $("board").classList.toggle("stale", name === "waiting" || name === "stale");
+  }
+
+  function schedule(wait) {
     clearTimeout(state.timer);
-    state.timer = setTimeout(refresh, POLL_MS);
+    if (document.hidden) return showPaused();
+    state.timer = setTimeout(poll, wait);
+  }
+
+  // Poll now, or as soon as the server allows it.
+  function pollSoon() {
+    const wait = state.notBefore - Date.now();
+    if (wait > 0) schedule(wait);
+    else poll();
   }
 
   function restart() {
     state.generation += 1;
-    clearTimeout(state.timer);
-    refresh();
+    pollSoon();
   }
 
   function resetPaging() {
@@ -293,7 +415,7 @@
     $("controls").hidden = true;
     $("login").hidden = false;
     setText("login-error", message || "");
-    setText("status-line", "");
+    showStatus("signed-out", "");
     $("token").focus();
   }
 
@@ -355,7 +477,13 @@
       restart();
     });
     document.addEventListener("visibilitychange", () => {
-      if (!document.hidden && sessionStorage.getItem(TOKEN_KEY)) restart();
+      if (!sessionStorage.getItem(TOKEN_KEY)) return;
+      if (!document.hidden) {
+        if (!state.inFlight) pollSoon(); // one in flight brings fresh figures anyway
+      } else {
+        clearTimeout(state.timer);
+        if (!state.inFlight) showPaused();
+      }
     });
 
     state.range = $("range").value;
@@ -363,7 +491,7 @@
     state.pageSize = Number($("page-size").value);
     if (sessionStorage.getItem(TOKEN_KEY)) {
       showBoard();
-      refresh();
+      poll();
     } else {
       showLogin("");
     }
