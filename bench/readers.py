@@ -205,6 +205,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def write(results: dict, out: Path, progress: Progress) -> None:
+    """readers-results.json and readers-results.md in `out`, with the targets so far."""
+    results["elapsed_s"] = round(progress.elapsed(), 1)
+    results["targets"] = readers_report.targets(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "readers-results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "readers-results.md").write_text(readers_report.markdown(results))
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.run import machine
 
@@ -218,9 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(workdir),
         "settings": {"tasks": args.tasks, "small": args.small, "stores": args.stores, "seed_at": args.seed_at,
-                     "runs": args.runs,
-                     "query_budget_s": args.query_budget, "rate": args.rate, "seconds": args.seconds,
-                     "readers": args.readers, "later_page": LATER_PAGE},
+                     "runs": args.runs, "query_budget_s": args.query_budget, "rate": args.rate,
+                     "seconds": args.seconds, "readers": args.readers, "later_page": LATER_PAGE},
         "stores": {},
     }
     broken = False
@@ -239,13 +247,10 @@ def main(argv: list[str] | None = None) -> int:
                     lines[str(n)] = {"status": "error", "note": f"{type(exc).__name__}: {exc}"}
                     broken = True
                 progress(f"== {store}, {n:,} tasks: {lines[str(n)]['status']}")
+                write(results, args.out, progress)  # a long run keeps the lines measured so far
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    results["elapsed_s"] = round(progress.elapsed(), 1)
-    results["targets"] = readers_report.targets(results)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "readers-results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "readers-results.md").write_text(readers_report.markdown(results))
+    write(results, args.out, progress)
     print()
     print(readers_report.targets_table(results))
     progress(f"done: {args.out / 'readers-results.json'}, readers-results.md")
