@@ -101,6 +101,27 @@ class Gunicorn(common.Gunicorn):
                          log_path, error=AssertionError)
 
 
+class WebServers:
+    """An intake and an api gunicorn on the same settings, as production runs them (`workers` each)."""
+
+    def __init__(self, env: dict[str, str], workers: int = 2):
+        self.intake = Gunicorn(env, workers, kind="intake")
+        self.api = Gunicorn(env, workers, kind="api")
+
+    def start(self) -> WebServers:
+        self.intake.start()
+        self.api.start()
+        return self
+
+    def stop(self) -> None:
+        for server in (self.intake, self.api):
+            server.stop()
+
+    def output(self) -> str:
+        """Everything both logged so far."""
+        return self.intake.output() + self.api.output()
+
+
 # -- crash and outage helpers (killing and restarting real processes) ----------------------------
 
 

@@ -93,7 +93,7 @@ def engine(env):
 
 @pytest.fixture
 def client(env):
-    app = create_app()
+    app = create_app(kind="intake")
     yield app.test_client()
     app.extensions["redis"].close()
 
@@ -229,12 +229,12 @@ def test_the_sweep_rescues_entries_no_drain_reads(redis_url):
 
 @pytest.fixture
 def web(redis_url, sqlite_url, monkeypatch):
-    """One gunicorn worker (so the one to kill is known), over SQLite."""
+    """The intake's gunicorn with one worker (so the one to kill is known), over SQLite."""
     clear(sqlite_url)
     env = {"APP_ENV": "development", "REDIS_URL": redis_url, "DATABASE_URL": sqlite_url, **TOKENS}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    server = Gunicorn(env, workers=1)
+    server = Gunicorn(env, workers=1, kind="intake")
     server.start()
     yield server
     server.stop()

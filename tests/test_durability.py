@@ -178,11 +178,11 @@ def engines():
 
 @pytest.fixture
 def make_client():
-    """`make_client()`: a test client of the app built from the environment as the test has set it."""
+    """`make_client()`: a test client of the intake built from the environment as the test has set it."""
     apps = []
 
     def make():
-        apps.append(create_app())
+        apps.append(create_app(kind="intake"))
         return apps[-1].test_client()
 
     yield make
@@ -200,12 +200,12 @@ def aof_redis():
 
 @pytest.fixture
 def stack(aof_redis, sqlite_url, tmp_path, monkeypatch):
-    """gunicorn, a persist worker and the sweep over Redis with deploy/redis.conf, on SQLite."""
+    """The intake's gunicorn, a persist worker and the sweep over Redis with deploy/redis.conf, on SQLite."""
     clear(sqlite_url)
     env = environment(aof_redis.url + "/0", sqlite_url)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    web = Gunicorn(env, workers=2)
+    web = Gunicorn(env, workers=2, kind="intake")
     web.start()
     workers = Workers(env, tmp_path)
     yield env, web, workers

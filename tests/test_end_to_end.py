@@ -1,8 +1,8 @@
 """End to end with every fault on: gunicorn, real RQ workers, the reconcile job, the emulator as Runware.
 
-Images go in through POST /api/captions on gunicorn; the submit worker sends
-them to the emulator, which answers 429 and 503 at random, fails some tasks,
-and sends webhooks back to gunicorn duplicated, reordered, in both envelopes,
+Images go in through POST /api/captions on the api's gunicorn; the submit worker
+sends them to the emulator, which answers 429 and 503 at random, fails some tasks,
+and sends webhooks back to the intake's gunicorn duplicated, reordered, in both envelopes,
 failing some attempts and dropping some altogether. The persist worker drains
 the webhooks; the reconcile job (run directly, RECONCILE_AFTER_SECONDS=1)
 polls what never came. In the end every task has exactly one final state,
@@ -25,7 +25,7 @@ from tests.submitting import emulator  # noqa: F401  (fixture)
 from tests.submitting import rows
 from tests.submitting import run_scheduling_worker
 from tests.submitting import use_runware  # noqa: F401  (fixture)
-from tests.support import Gunicorn
+from tests.support import WebServers
 from tests.support import run_worker
 from workers import reconcile as reconcile_module
 from workers.queues import PERSIST_QUEUE
@@ -62,20 +62,20 @@ def faults_certain(task_uuids: list[str]) -> bool:
 
 @pytest.fixture
 def stack(config, emulator, use_runware, monkeypatch):  # noqa: F811
-    """gunicorn serving the app, and the environment of the workers pointed at it and at the faulty emulator."""
+    """The intake and api gunicorns, and the environment of the workers pointed at them and at the faulty emulator."""
     monkeypatch.setattr(reconcile_module, "POLL_BACKOFF_BASE_S", 0.2)  # polls backed off in tenths, not seconds
     monkeypatch.setattr(reconcile_module, "POLL_BACKOFF_CAP_S", 2.0)
     runware_url = emulator(**FAULTS)
-    server = Gunicorn({"APP_ENV": "development", "REDIS_URL": config.redis_url,
-                       "DATABASE_URL": config.database_url, **TOKENS})
-    use_runware(runware_url, PUBLIC_URL=server.url, SUBMIT_BATCH_SIZE=5, RECONCILE_AFTER_SECONDS=1)
+    server = WebServers({"APP_ENV": "development", "REDIS_URL": config.redis_url,
+                         "DATABASE_URL": config.database_url, **TOKENS})
+    use_runware(runware_url, PUBLIC_URL=server.intake.url, SUBMIT_BATCH_SIZE=5, RECONCILE_AFTER_SECONDS=1)
     server.start()
     yield server, runware_url.removesuffix("/v1")
     server.stop()
 
 
 def submit(server, images: list[str], **options) -> list[str]:
-    response = requests.post(f"{server.url}/api/captions", json={"images": images, **options},
+    response = requests.post(f"{server.api.url}/api/captions", json={"images": images, **options},
                              headers={"Authorization": f"Bearer {TOKENS['SUBMIT_TOKENS']}"}, timeout=10)
     assert response.status_code == 202, response.text
     return [t["taskUUID"] for t in response.json()["tasks"] if "taskUUID" in t]

@@ -1,4 +1,4 @@
-"""Through a real gunicorn over real HTTP: the webhook round trip, and no token in any log."""
+"""Through real gunicorns over real HTTP (the intake and the api): the webhook round trip, and no token in any log."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tests.helpers import new_uuid
 from tests.helpers import success
 from tests.helpers import wrapped
 from tests.support import ROOT
-from tests.support import Gunicorn
+from tests.support import WebServers
 from workers.queues import PERSIST_QUEUE
 
 SECRETS = [token for value in TOKENS.values() for token in value.split(",")]
@@ -24,14 +24,13 @@ SECRETS = [token for value in TOKENS.values() for token in value.split(",")]
 @pytest.fixture
 def server(config):
     env = {"APP_ENV": "development", "REDIS_URL": config.redis_url, "DATABASE_URL": config.database_url, **TOKENS}
-    gunicorn = Gunicorn(env)
-    gunicorn.start()
-    yield gunicorn
-    gunicorn.stop()
+    servers = WebServers(env).start()
+    yield servers
+    servers.stop()
 
 
 def raw_request(server, line: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", server.intake.port), timeout=5) as sock:
         sock.sendall(line)
         return sock.recv(4096)
 
@@ -39,7 +38,7 @@ def raw_request(server, line: bytes) -> bytes:
 def test_webhook_round_trip_through_gunicorn_logs_no_token(server, config, redis_server, caplog):
     caplog.set_level(logging.DEBUG)
     task = new_uuid()
-    url = f"{server.url}/webhooks/runware"
+    url = f"{server.intake.url}/webhooks/runware"
     body = wrapped(success(task, text="a lighthouse at dusk"))
     headers = {"Content-Type": "application/json"}
 
@@ -52,7 +51,7 @@ def test_webhook_round_trip_through_gunicorn_logs_no_token(server, config, redis
 
     worker = subprocess.run([sys.executable, "-m", "workers", PERSIST_QUEUE, "--burst"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60, check=True)
-    read = requests.get(f"{server.url}/api/tasks/{task}", headers={"Authorization": "Bearer read-token"}, timeout=5)
+    read = requests.get(f"{server.api.url}/api/tasks/{task}", headers={"Authorization": "Bearer read-token"}, timeout=5)
     assert read.status_code == 200
     assert read.json()["text"] == "a lighthouse at dusk"
     assert read.json()["deliveryCount"] == 2

@@ -24,7 +24,7 @@ from tests.helpers import new_uuid
 from tests.helpers import success
 from tests.helpers import wrapped
 from tests.support import ROOT
-from tests.support import Gunicorn
+from tests.support import WebServers
 from workers import persist
 from workers.queues import PERSIST_QUEUE
 
@@ -122,9 +122,8 @@ def signed(secret: str, body: bytes, msg_id: str = "msg_log_1") -> dict:
 def test_no_token_or_secret_in_any_log_line_of_the_real_stack(config, redis_server, tmp_path):
     env = {"APP_ENV": "development", "REDIS_URL": config.redis_url, "DATABASE_URL": config.database_url, **TOKENS,
            "WEBHOOK_SIGNING_SECRETS": SIGNING_SECRET, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "LOG_LEVEL": "debug"}
-    server = Gunicorn(env)
-    server.start()
-    task, url = new_uuid(), f"{server.url}/webhooks/runware"
+    server = WebServers(env).start()
+    task, url = new_uuid(), f"{server.intake.url}/webhooks/runware"
     body = wrapped(success(task, text="a kite over a beach"))
     plain = {"Content-Type": "application/json"}
     try:
@@ -134,17 +133,17 @@ def test_no_token_or_secret_in_any_log_line_of_the_real_stack(config, redis_serv
             requests.post(url, params={"token": "hook-tok-9Zr2"}, data=body, headers=plain),
             requests.post(url, params={"token": "read-tok-4Lm8"}, data=body, headers=signed(SIGNING_SECRET, body)),
             requests.post(url, params={"token": "hook-tok-7Qx1"}, data=b"{", headers=signed(SIGNING_SECRET, b"{")),
-            requests.get(f"{server.url}/metrics", headers={"Authorization": "Bearer submit-tok-2Hp5"}),
-            requests.get(f"{server.url}/metrics", headers={"Authorization": "Bearer metrics-tok-6Vb3"}),
-            requests.get(f"{server.url}/api/tasks/{task}", headers={"Authorization": "Bearer hook-tok-7Qx1"}),
+            requests.get(f"{server.api.url}/metrics", headers={"Authorization": "Bearer submit-tok-2Hp5"}),
+            requests.get(f"{server.api.url}/metrics", headers={"Authorization": "Bearer metrics-tok-6Vb3"}),
+            requests.get(f"{server.api.url}/api/tasks/{task}", headers={"Authorization": "Bearer hook-tok-7Qx1"}),
         ]
         assert [r.status_code for r in statuses] == [202, 401, 401, 401, 400, 401, 200, 401]
-        raw(server.port, b"GET /webhooks/runware?token=hook-tok-7Qx1 HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
-        raw(server.port, b"POST /webhooks/runware?token=hook-tok-9Zr2&x=" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n")
+        raw(server.intake.port, b"GET /webhooks/runware?token=hook-tok-7Qx1 HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+        raw(server.intake.port, b"POST /webhooks/runware?token=hook-tok-9Zr2&x=" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n")
 
         worker = subprocess.run([sys.executable, "-m", "workers", PERSIST_QUEUE, "--burst"], cwd=ROOT, timeout=60,
                                 env={**os.environ, **env}, capture_output=True, text=True, check=True)
-        read = requests.get(f"{server.url}/api/tasks/{task}", headers={"Authorization": "Bearer read-tok-4Lm8"})
+        read = requests.get(f"{server.api.url}/api/tasks/{task}", headers={"Authorization": "Bearer read-tok-4Lm8"})
         assert read.status_code == 200 and read.json()["text"] == "a kite over a beach"
 
         redis_server.stop()

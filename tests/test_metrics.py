@@ -20,7 +20,7 @@ from tests.helpers import post
 from tests.helpers import success
 from tests.helpers import wrapped
 from tests.support import ROOT
-from tests.support import Gunicorn
+from tests.support import WebServers
 from tests.support import run_worker
 from workers.queues import PERSIST_QUEUE
 
@@ -73,7 +73,8 @@ def test_each_webhook_outcome_is_counted(client, config):
     after = {name: outcome(name) for name in metrics.OUTCOMES}
     delta = {name: after[name] - before[name] for name in metrics.OUTCOMES}
     assert delta == {"accepted": 1, "unauthorized": 1, "bad_signature": 0, "unsupported_media_type": 1,
-                     "too_large": 1, "bad_json": 1, "unprocessable": 1, "redis_unavailable": 0}
+                     "too_large": 1, "bad_json": 1, "unprocessable": 1, "redis_unavailable": 0,
+                     "backpressure": 0}
     assert REGISTRY.get_sample_value("captions_enqueue_seconds_count") == enqueue_count + 1
 
 
@@ -114,10 +115,9 @@ def test_one_view_across_gunicorn_workers_and_the_rq_worker(config, tmp_path):
     """Counters written by two gunicorn workers and a forked drain job all show up in one scrape."""
     env = {"APP_ENV": "development", "REDIS_URL": config.redis_url, "DATABASE_URL": config.database_url,
            **TOKENS, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    server = Gunicorn(env, workers=2)
-    server.start()
+    servers = WebServers(env, workers=2).start()
     try:
-        url = f"{server.url}/webhooks/runware?token=hook-new"
+        url = f"{servers.intake.url}/webhooks/runware?token=hook-new"
         headers = {"Content-Type": "application/json"}
         with requests.Session() as session:  # sync workers close each connection: requests spread over both
             for n in range(20):
@@ -125,9 +125,9 @@ def test_one_view_across_gunicorn_workers_and_the_rq_worker(config, tmp_path):
                 session.post(url, data=body, headers=headers, timeout=5)
         subprocess.run([sys.executable, "-m", "workers", PERSIST_QUEUE, "--burst"], cwd=ROOT, timeout=60,
                        env={**os.environ, **env}, capture_output=True, check=True)
-        found = samples(requests.get(f"{server.url}/metrics", headers=READ, timeout=5).text)
+        found = samples(requests.get(f"{servers.api.url}/metrics", headers=READ, timeout=5).text)
     finally:
-        server.stop()
+        servers.stop()
     pids = {p.stem.rsplit("_", 1)[-1] for p in tmp_path.glob("counter_*.db")}
     assert len(pids) >= 2, f"counters of the web workers and of the drain job: {pids}"
     assert found[("captions_webhook_requests_total", (("outcome", "accepted"),))] == 10

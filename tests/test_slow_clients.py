@@ -58,7 +58,7 @@ class Trickle(threading.Thread):
 def server(redis_url, sqlite_url):
     env = {"APP_ENV": "development", "REDIS_URL": redis_url, "DATABASE_URL": sqlite_url, **TOKENS,
            "GUNICORN_CMD_ARGS": f"--timeout {TIMEOUT} --graceful-timeout 1"}
-    gunicorn = Gunicorn(env, workers=WORKERS)
+    gunicorn = Gunicorn(env, workers=WORKERS, kind="intake")
     gunicorn.start()
     yield gunicorn
     gunicorn.stop()
