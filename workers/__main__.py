@@ -16,6 +16,7 @@ import sys
 import time
 
 import redis
+import sqlalchemy as sa
 from rq import Queue
 from rq import Worker
 
@@ -30,8 +31,14 @@ from workers.queues import SUBMIT_QUEUE
 from workers.queues import connect
 
 QUEUES = (PERSIST_QUEUE, SUBMIT_QUEUE)
-REDIS_RETRY_S = 2
-"""Seconds between attempts to serve the queue again after RQ gave up on a Redis connection error."""
+REDIS_RETRY_S = 1
+"""Seconds before serving the queue again after RQ gave up on a Redis error; doubled each time."""
+
+REDIS_RETRY_MAX_S = 30
+"""The longest wait between attempts to serve the queue again."""
+
+HEALTHY_AFTER_S = 60
+"""A worker that served this long before RQ gave up starts again from the shortest wait."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,27 +64,56 @@ def main(argv: list[str] | None = None) -> int:
         from workers.maintenance import run_cron
 
         return run_cron(conn, args.schedule)
-    name = args.name
+    return serve(conn, config, args)
+
+
+def serve(conn: redis.Redis, config: Config, args: argparse.Namespace) -> int:
+    """Serve the queue with an RQ worker, and serve it again whenever RQ gives up.
+
+    RQ waits out Redis only while it waits for a job. Anywhere else (a heartbeat, a
+    job's bookkeeping, its registries, all in MULTI) a lost connection, Redis over its
+    `maxmemory` (OOM) or a read-only replica during a failover makes it log "found an
+    unhandled exception, quitting" and return. So unless a stop was asked for (RQ's
+    signal handler recorded it), the queue is served again after a backoff; the persist
+    worker meanwhile drains in its own process (workers.persist.drain_in_process), which
+    frees memory when Redis refuses RQ even the dequeue.
+    """
+    log = logging.getLogger(__name__)
+    name, delay = args.name, REDIS_RETRY_S
     while True:
-        worker = None
+        worker, started = None, time.monotonic()
         try:
             worker = Worker([Queue(args.queue, connection=conn)], connection=conn, name=name)
             worker.work(burst=args.burst, with_scheduler=args.queue == SUBMIT_QUEUE)
-            return 0
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            # RQ waits out Redis while it waits for a job, but quits on a connection error
-            # anywhere else (a heartbeat after a job): serve the queue again once Redis is back,
-            # unless a stop was asked for (RQ's own signal handler recorded it).
-            if worker is not None and worker._stop_requested:
-                return 0
+            reason = "RQ's error above"
+        except redis.RedisError as exc:
             if args.burst:
                 raise
-            logging.getLogger(__name__).warning("Redis unavailable (%s); serving %s again in %ss",
-                                                type(exc).__name__, args.queue, REDIS_RETRY_S)
-            name = args.name and f"{args.name}-{int(time.time())}"  # the old name may still look alive
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            time.sleep(REDIS_RETRY_S)
+            reason = type(exc).__name__
+        if args.burst or (worker is not None and worker._stop_requested):
+            return 0
+        if time.monotonic() - started > HEALTHY_AFTER_S:
+            delay = REDIS_RETRY_S
+        log.warning("RQ gave up serving %s (%s); serving it again in %ss", args.queue, reason, delay)
+        name = args.name and f"{args.name}-{int(time.time())}"  # the old name may still look alive
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if args.queue == PERSIST_QUEUE:
+            drain_here(config)
+        time.sleep(delay)
+        delay = min(delay * 2, REDIS_RETRY_MAX_S)
+
+
+def drain_here(config: Config) -> None:
+    """Drain in this process while RQ cannot; an outage of Redis or the store is only logged here
+    (the queue is served again next, and the drains it runs wait the outage out)."""
+    try:
+        stored = workers.persist.drain_in_process(config)
+    except (redis.RedisError, sa.exc.DBAPIError) as exc:
+        logging.getLogger(__name__).warning("drain in the worker process stopped: %s", type(exc).__name__)
+        return
+    if stored:
+        logging.getLogger(__name__).info("drain in the worker process stored %d deliveries", stored)
 
 
 if __name__ == "__main__":
