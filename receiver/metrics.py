@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
 
 OUTCOMES = ("accepted", "unauthorized", "bad_signature", "unsupported_media_type", "too_large", "bad_json",
-            "unprocessable", "redis_unavailable")
+            "unprocessable", "redis_unavailable", "backpressure")
 """Values of the `outcome` label of captions_webhook_requests_total."""
 
 WEBHOOK_REQUESTS = Counter("captions_webhook_requests", "Webhook POSTs by outcome (accepted, or why rejected)",

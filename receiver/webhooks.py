@@ -2,8 +2,9 @@
 
 Nothing slow happens here: the body is parsed once to validate it and added,
 as received, to a Redis stream; a drain job persists it later. 2xx means the
-delivery is in Redis. When Redis cannot take it the answer is 503 with
-Retry-After, so the sender retries.
+delivery is in Redis. When Redis cannot take it, or holds as much as it
+should (receiver/backpressure.py), the answer is 503 with Retry-After, so the
+sender retries.
 
 With WEBHOOK_SIGNING_SECRETS set, a delivery also needs a valid Standard Webhooks
 signature (receiver/signatures.py), checked after the URL token. Each request
@@ -22,6 +23,7 @@ from flask import Response
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from receiver import backpressure
 from receiver import metrics
 from receiver import signatures
 from receiver.auth import token_matches
@@ -68,15 +70,21 @@ def receive():
     if not results:
         return reject("unprocessable", 422, "no usable item: every item needs a taskUUID that is a UUID",
                       items=skipped)
+    gate = backpressure.gate()
+    if not gate.accepting():
+        return reject("backpressure", 503, "the queue is full while the store catches up; retry later",
+                      headers={"Retry-After": str(gate.retry_after())})
     started = time.perf_counter()
     try:
         delivery = queue_delivery(redis_client(), body, request.remote_addr, received_at,
                                   signatures.webhook_id(request.headers))
     except redis.RedisError as exc:
+        if isinstance(exc, redis.OutOfMemoryError):
+            gate.refused()
         log.error("webhook not queued, Redis unavailable: %s", type(exc).__name__,
                   extra={"task_uuids": [r.task_uuid for r in results[:100]]})
         return reject("redis_unavailable", 503, "temporarily unable to queue the delivery; retry later",
-                      headers={"Retry-After": str(config.retry_after_seconds)})
+                      headers={"Retry-After": str(gate.retry_after())})
     metrics.enqueued(time.perf_counter() - started)
     body = orjson.dumps({"status": "queued", "delivery": delivery, "items": len(results),
                          "skipped": skipped})

@@ -12,6 +12,21 @@ alone; that delivery is tried again with backoff (`REJECTED_RETRY_DELAYS`), and
 only then do its items go to the dead-letter table. A database outage is waited
 out (the batch is retried with backoff) rather than dead-lettered; while it
 waits, the drain keeps its entries claimed so no other drain takes it for dead.
+
+A drain frees Redis memory whatever Redis's memory. With `maxmemory` and
+`noeviction`, Redis refuses the commands flagged `denyoom` (XADD, SET, LPUSH,
+HSET, LMOVE, ...) once over its bound, and inside MULTI it refuses every queued
+command, so a MULTI around XACK and XDEL would never run. What a drain needs in
+order to free memory is only commands without that flag, sent without MULTI:
+XREADGROUP and XAUTOCLAIM to read, XDEL then XACK to remove, EXPIRE and DEL for
+its flag. XDEL comes first: a pair cut in the middle then leaves a pending id
+whose entry is gone, which the next XAUTOCLAIM drops (Redis 7), never an
+acknowledged entry still in the stream that no drain would read again. Its
+other writes (taking a flag back, waking another drain, enqueuing its
+successor) are SET and RQ enqueues, which Redis refuses over the bound: a
+refusal there is logged and the drain carries on. When RQ itself cannot run
+(it dequeues with LMOVE), the persist worker drains in its own process
+(`drain_in_process`).
 """
 
 from __future__ import annotations
@@ -63,11 +78,20 @@ DB_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30, 30, 30, 30)
 REJECTED_RETRY_DELAYS = (0.5, 2.0)
 """Seconds between attempts at a delivery the database rejects; after the last one it is dead-lettered."""
 
+REFUSED_WRITES = (redis.OutOfMemoryError, redis.ReadOnlyError)
+"""Redis refusing a write: over its `maxmemory` (noeviction), or a replica during a failover."""
+
 
 def ensure_group(conn: redis.Redis) -> None:
-    """Create the consumer group (and the stream) if missing, reading from the start."""
+    """Create the consumer group (and the stream) if missing, reading from the start.
+
+    Redis over its bound refuses XGROUP CREATE even when the group exists: then look.
+    """
     try:
         conn.xgroup_create(DELIVERY_STREAM, DELIVERY_GROUP, id="0", mkstream=True)
+    except redis.OutOfMemoryError:
+        if not any(g["name"].decode() == DELIVERY_GROUP for g in conn.xinfo_groups(DELIVERY_STREAM)):
+            raise
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
@@ -202,9 +226,9 @@ class Drainer:
         batch = [to_delivery(entry_id, fields) for entry_id, fields in entries]
         ids = self.in_hand = [entry_id for entry_id, _ in entries]
         self.stored += write_with_retry(self.engine, batch, self.keep_alive)
-        pipe = self.conn.pipeline(transaction=True)
-        pipe.xack(DELIVERY_STREAM, DELIVERY_GROUP, *ids)
+        pipe = self.conn.pipeline(transaction=False)  # no MULTI: see the module's docstring
         pipe.xdel(DELIVERY_STREAM, *ids)
+        pipe.xack(DELIVERY_STREAM, DELIVERY_GROUP, *ids)
         pipe.expire(self.flag, DRAIN_FLAG_TTL)
         pipe.execute()
 
@@ -222,8 +246,29 @@ class Drainer:
     def scale_out(self) -> None:
         """A full batch means a backlog: wake the next drain slot, up to PERSIST_CONCURRENCY."""
         nxt = self.slot + 1
-        if nxt < self.concurrency and self.conn.set(drain_flag(nxt), 1, nx=True, ex=DRAIN_FLAG_TTL):
-            enqueue_drain(self.conn, nxt)
+        try:
+            if nxt < self.concurrency and self.conn.set(drain_flag(nxt), 1, nx=True, ex=DRAIN_FLAG_TTL):
+                enqueue_drain(self.conn, nxt)
+        except REFUSED_WRITES as exc:
+            log.warning("could not wake drain %d (%s); draining alone", nxt, type(exc).__name__)
+
+    def hand_over(self) -> bool:
+        """Enqueue this drain's successor; False when Redis refuses it (the drain then goes on itself)."""
+        try:
+            enqueue_drain(self.conn)
+        except REFUSED_WRITES as exc:
+            log.warning("could not enqueue the next drain (%s); this one goes on", type(exc).__name__)
+            return False
+        return True
+
+    def take_flag(self) -> bool:
+        """Set this drain's flag again; True when it is ours (also when Redis refuses the SET:
+        then no one else could take it either)."""
+        try:
+            return bool(self.conn.set(self.flag, 1, nx=True, ex=DRAIN_FLAG_TTL))
+        except REFUSED_WRITES as exc:
+            log.warning("could not set the drain's flag (%s); draining on", type(exc).__name__)
+            return True
 
     def run(self, hand_over_after: float = HAND_OVER_AFTER_S) -> int:
         """Drain until the stream is empty or it is time to hand over. Returns deliveries stored.
@@ -249,13 +294,24 @@ class Drainer:
                 entries = self.read(None)
                 if not entries:
                     return self.stored
-                if not self.conn.set(self.flag, 1, nx=True, ex=DRAIN_FLAG_TTL):
+                if not self.take_flag():
                     self.persist(entries)
                     return self.stored
             self.persist(entries)
-            if time.monotonic() > deadline:
-                enqueue_drain(self.conn)
+            if time.monotonic() > deadline and self.hand_over():
                 return self.stored
+
+
+def drain_in_process(config: Config, hand_over_after: float = HAND_OVER_AFTER_S) -> int:
+    """Drain in the calling process, outside RQ: what the persist worker does while Redis
+    refuses RQ's own writes. It takes the spare slot (`PERSIST_CONCURRENCY`, one past the
+    joiners), so it runs beside the RQ drains, wakes none, and stops when idle or due."""
+    drainer = Drainer(connect(config.redis_url), engine_for(config.database_url), config.persist_batch_size,
+                      config.persist_stale_after_ms, config.persist_concurrency, config.persist_concurrency)
+    try:
+        return drainer.run(hand_over_after)
+    finally:
+        drainer.conn.close()
 
 
 def drain(hand_over_after: float = HAND_OVER_AFTER_S, slot: int = 0) -> int:
