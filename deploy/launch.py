@@ -17,7 +17,9 @@ Ctrl-C or SIGTERM stops the processes, then the private redis-server.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import queue
 import secrets
 import shlex
 import shutil
@@ -32,6 +34,8 @@ import uuid
 from pathlib import Path
 
 from honcho.environ import parse_procfile
+from honcho.manager import KILL_WAIT
+from honcho.manager import SIGNALS
 from honcho.manager import Manager
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +45,15 @@ SECRETS_FILE = VAR / "secrets.env"
 TOKEN_KEYS = ("WEBHOOK_TOKENS", "READ_TOKENS", "SUBMIT_TOKENS")
 EMULATOR_PORT = 8010
 READY_TIMEOUT = 60.0
+
+LOCAL_REDIS_MAXMEMORY = "256mb"
+"""The private Redis's bound under `make run` (production's is in deploy/redis.conf)."""
+
+RESTART_DELAYS = (1, 2, 5, 10, 30)
+"""Seconds before a process that exited is started again, for its first, second, ... restart (then the last)."""
+
+STEADY_AFTER_S = 60.0
+"""A process that ran this long before it exited is started again after the shortest delay."""
 
 
 def ensure_secrets(path: Path = SECRETS_FILE) -> dict[str, str]:
@@ -118,7 +131,7 @@ def start_redis(env: dict[str, str]) -> subprocess.Popen:
     port = free_port()
     conf, log, pidfile = DEPLOY / "redis.conf", data / "redis.log", data / "redis.pid"
     stop_stale_redis(pidfile)
-    cmd = ["redis-server", str(conf), "--port", str(port), "--bind", "127.0.0.1"]
+    cmd = ["redis-server", str(conf), "--port", str(port), "--bind", "127.0.0.1", "--maxmemory", LOCAL_REDIS_MAXMEMORY]
     cmd += ["--dir", str(data), "--logfile", str(log), "--pidfile", str(pidfile)]
     # The service talks to it over a Unix socket: a round trip costs less CPU than over TCP.
     sock = data / "redis.sock"
@@ -277,12 +290,22 @@ def banner(env: dict[str, str]) -> None:
 
 
 class Supervisor(Manager):
-    """honcho's Manager, which also runs `after_ready` once the web process is ready."""
+    """honcho's Manager, which runs `after_ready` once the web process is ready, and restarts what exits.
+
+    honcho ends the whole stack as soon as one process exits, so one worker that
+    dies would take the web server and every other worker down with it. Here a
+    process that exits while the stack runs is reported with its exit status and
+    started again after a backoff (RESTART_DELAYS); the others go on. Ctrl-C or
+    SIGTERM still stops everything, as honcho does.
+    """
 
     def __init__(self, env: dict[str, str]):
         super().__init__()
         self.env = env
         self.stopping = threading.Event()
+        self.restarts: dict[str, int] = {}
+        self.started_at: dict[str, float] = {}
+        self.due: dict[str, float] = {}
 
     def _start(self):
         # The readiness thread starts after honcho has forked its process runners.
@@ -294,6 +317,70 @@ class Supervisor(Manager):
             after_ready(self.env)
         elif not self.stopping.is_set():
             print(f"launch: {local_url(self.env)}/readyz did not answer 200 within {READY_TIMEOUT:.0f}s", flush=True)
+
+    def loop(self):
+        """honcho's loop, except that a process that exits is started again instead of ending the stack."""
+        def on_signal(signum, frame):
+            self._system_print(f"{SIGNALS[signum]['name']} received\n")
+            self.returncode = SIGNALS[signum]["rc"]
+            self.terminate()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self._start()
+        kill_at = None
+        while not (self._terminating and self._all_stopped()):
+            try:
+                self._handle(self.events.get(timeout=0.1))
+            except queue.Empty:
+                pass
+            if not self._terminating:
+                self._restart_due()
+            elif kill_at is None:
+                kill_at = time.monotonic() + KILL_WAIT
+            elif time.monotonic() > kill_at:
+                self.kill()
+
+    def _handle(self, msg) -> None:
+        proc = self._processes.get(msg.name)
+        if msg.type == "line":
+            self._printer.write(msg)
+        elif msg.type == "start":
+            proc["pid"] = msg.data["pid"]
+            self.started_at[msg.name] = time.monotonic()
+            self._system_print(f"{msg.name} started (pid={proc['pid']})\n")
+            if self._terminating:  # started again just as the stack was asked to stop
+                self._procmgr.terminate(proc["pid"])
+        elif msg.type == "stop":
+            proc["returncode"] = msg.data["returncode"]
+            if self._terminating:
+                self._system_print(f"{msg.name} stopped (rc={proc['returncode']})\n")
+                return
+            if time.monotonic() - self.started_at.get(msg.name, 0.0) > STEADY_AFTER_S:
+                self.restarts[msg.name] = 0
+            count = self.restarts.get(msg.name, 0)
+            delay = RESTART_DELAYS[min(count, len(RESTART_DELAYS) - 1)]
+            self.restarts[msg.name] = count + 1
+            self.due[msg.name] = time.monotonic() + delay
+            self._system_print(f"{msg.name} EXITED (rc={proc['returncode']}); the others go on; "
+                               f"starting it again in {delay}s (restart {count + 1})\n")
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for name in [name for name, at in self.due.items() if at <= now]:
+            del self.due[name]
+            proc = self._processes[name]
+            proc.pop("returncode", None)
+            proc["pid"] = None
+            proc["process"] = multiprocessing.Process(name=name, target=proc["obj"].run, args=(self.events, True))
+            proc["process"].start()
+
+    def _killall(self, force=False):
+        # A process started again but not yet running has no pid: it is stopped when its start is seen.
+        for name, proc in self._processes.items():
+            if "returncode" not in proc and proc.get("pid") is not None:
+                self._system_print(f"sending {'SIGKILL' if force else 'SIGTERM'} to {name} (pid {proc['pid']})\n")
+                (self._procmgr.kill if force else self._procmgr.terminate)(proc["pid"])
 
     def terminate(self):
         self.stopping.set()

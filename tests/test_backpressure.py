@@ -9,6 +9,9 @@ writes is made real too: `CONFIG SET maxmemory` below what a live server holds
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -26,12 +29,14 @@ from tests.conftest import clear
 from tests.helpers import new_uuid
 from tests.helpers import success
 from tests.helpers import wrapped
+from tests.support import ROOT
 from tests.support import SWEEP_EVERY_SECOND
 from tests.support import Gunicorn
 from tests.support import ProjectRedisServer
 from tests.support import RedisServer
 from tests.support import Service
 from tests.support import TcpProxy
+from tests.support import free_port
 from tests.support import wait_for
 from workers.persist import ensure_group
 from workers.queues import DELIVERY_STREAM
@@ -254,3 +259,38 @@ def test_workers_and_the_scheduler_survive_a_read_only_replica_and_redis_out_of_
         engine.dispose()
         replica.close()
         primary.close()
+
+
+SUPERVISED = """
+import sys
+sys.path.insert(0, "deploy")
+import launch
+
+supervisor = launch.Supervisor({"HOST": "127.0.0.1", "PORT": sys.argv[1]})
+supervisor.add_process("dies", f"{sys.executable} -c 'import sys; sys.exit(3)'")
+supervisor.add_process("stays", f"{sys.executable} -c 'import time; time.sleep(120)'")
+supervisor.loop()
+sys.exit(supervisor.returncode)
+"""
+"""`make run`'s supervisor over a process that exits at once and one that stays."""
+
+
+@pytest.mark.timeout(60)
+def test_make_run_restarts_a_process_that_exits_and_the_others_go_on(tmp_path):
+    script = tmp_path / "supervised.py"
+    script.write_text(SUPERVISED)
+    log = tmp_path / "supervisor.log"
+    with open(log, "wb") as out:
+        supervisor = subprocess.Popen([sys.executable, str(script), str(free_port())], cwd=ROOT, stdout=out,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: log.read_text().count("dies EXITED (rc=3)") >= 3, timeout=30, what="three restarts")
+        output = log.read_text()
+        assert supervisor.poll() is None, f"the supervisor goes on:\n{output}"
+        assert "stays started" in output and "stays stopped" not in output, output
+        assert "starting it again in 1s (restart 1)" in output and "in 2s (restart 2)" in output
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        supervisor.wait(timeout=30)
+    assert "stays stopped" in log.read_text()
+    assert supervisor.returncode == 143
