@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import redis
 from flask import current_app
+from prometheus_client.core import GaugeMetricFamily
 
 from config import Config
 from receiver.state import redis_client
@@ -184,9 +185,32 @@ class Gate:
             "max_backlog": self.max_backlog or None,
             "memory_growth_bytes_per_second": round(rates[0], 1) if rates else None,
             "backlog_growth_per_second": round(rates[1], 2) if rates else None,
-            "seconds_to_full": self.seconds_to_full(),
+            "seconds_to_full": None if (full := self.seconds_to_full()) is None else round(full, 1),
             "retry_after_seconds": None if self.open else self.retry_after(),
         }
+
+
+GAUGES = (
+    ("captions_intake_accepting", "accepting", "1 while webhooks are accepted, 0 while they get 503 (backpressure)"),
+    ("captions_redis_used_memory_bytes", "used_memory_bytes", "Redis used_memory, which its maxmemory bounds"),
+    ("captions_redis_max_memory_bytes", "max_memory_bytes", "Redis maxmemory (absent: no bound)"),
+    ("captions_intake_high_water_bytes", "high_water_bytes", "Redis memory at which webhooks start getting 503"),
+    ("captions_redis_memory_growth_bytes_per_second", "memory_growth_bytes_per_second",
+     "How fast Redis memory grows over the last half minute (negative: the drains are catching up)"),
+    ("captions_intake_seconds_to_full", "seconds_to_full",
+     "Seconds until the high-water mark at the current growth (+Inf: not growing)"),
+)
+"""The Prometheus gauges of `Gate.status()`: metric name, status key, help."""
+
+
+def gauges(status: dict):
+    """`status` as Prometheus gauges (receiver/metrics.py); a value not known is left out."""
+    for name, key, doc in GAUGES:
+        value = status[key]
+        if key == "seconds_to_full" and value is None and status["max_memory_bytes"]:
+            value = math.inf
+        if value is not None:
+            yield GaugeMetricFamily(name, doc, value=float(value))
 
 
 def gate() -> Gate:

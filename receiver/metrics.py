@@ -42,6 +42,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.core import GaugeMetricFamily
 from rq import Queue
 
+from receiver import backpressure
 from receiver import metric_files
 from receiver.auth import bearer_token
 from receiver.auth import token_matches
@@ -150,6 +151,7 @@ class ServiceCollector:
         for name, count in zip((PERSIST_QUEUE, SUBMIT_QUEUE), jobs):
             queued.add_metric([name], count if isinstance(count, int) else 0)
         yield queued
+        yield from backpressure.gauges(backpressure.gate().status())
 
     def store_metrics(self, up: GaugeMetricFamily):
         try:

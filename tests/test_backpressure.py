@@ -9,6 +9,7 @@ writes is made real too: `CONFIG SET maxmemory` below what a live server holds
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -19,14 +20,18 @@ import pytest
 import redis
 import requests
 import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
+from receiver import create_app
+from receiver.backpressure import RETRY_AFTER_STALLED_S
 from store.schema import deliveries
 from store.schema import tasks
 from store.schema import utcnow
 from tests.conftest import TOKENS
 from tests.conftest import clear
 from tests.helpers import new_uuid
+from tests.helpers import post
 from tests.helpers import success
 from tests.helpers import wrapped
 from tests.support import ROOT
@@ -38,6 +43,7 @@ from tests.support import Service
 from tests.support import TcpProxy
 from tests.support import free_port
 from tests.support import wait_for
+from tests.support import with_intake
 from workers.persist import ensure_group
 from workers.queues import DELIVERY_STREAM
 from workers.queues import queue_delivery
@@ -294,3 +300,56 @@ def test_make_run_restarts_a_process_that_exits_and_the_others_go_on(tmp_path):
         supervisor.wait(timeout=30)
     assert "stays stopped" in log.read_text()
     assert supervisor.returncode == 143
+
+
+def intake_status(client) -> dict:
+    response = client.get("/api/intake", headers={"Authorization": "Bearer read-token"})
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+@pytest.mark.timeout(120)
+def test_the_gate_closes_at_the_high_water_mark_and_opens_only_below_the_low_one(config, redis_url):
+    """In process, on a real Redis given a bound just under what it holds; webhooks and reads through the apps."""
+    fast = dataclasses.replace(config, intake_check_interval_ms=10)
+    client = with_intake(create_app(fast), create_app(fast, kind="intake")).test_client()
+    conn = redis.Redis.from_url(redis_url)
+    prefill(conn, 2000)
+    bound = int(conn.info("memory")["used_memory"] / 0.85)
+    conn.config_set("maxmemory", str(bound))
+    try:
+        assert intake_status(client)["accepting"] is False
+        refused = post(client, wrapped(success(new_uuid())))
+        assert refused.status_code == 503 and refused.json["error"]["message"].startswith("the queue is full")
+        assert refused.headers["Retry-After"] == str(RETRY_AFTER_STALLED_S), "nothing drains yet"
+        conn.set("probe", 1)  # Redis itself still takes writes: the intake stopped first
+
+        retry_afters = []
+        while conn.info("memory")["used_memory"] > 0.7 * bound:  # the drains' pace, a slice every 0.2 s
+            conn.xtrim(DELIVERY_STREAM, maxlen=conn.xlen(DELIVERY_STREAM) - 40)
+            time.sleep(0.2)
+            answer = post(client, wrapped(success(new_uuid())))
+            assert answer.status_code == 503, "between the marks the gate stays closed"
+            retry_afters.append(int(answer.headers["Retry-After"]))
+        assert all(1 <= s <= 300 for s in retry_afters), retry_afters
+        assert retry_afters[-1] < RETRY_AFTER_STALLED_S, "once memory falls, the wait follows its pace"
+        status = intake_status(client)
+        assert status["accepting"] is False and status["memory_growth_bytes_per_second"] < 0
+        assert status["max_memory_bytes"] == bound and status["high_water_bytes"] == round(0.8 * bound)
+        assert status["backlog"] == conn.xlen(DELIVERY_STREAM) and status["retry_after_seconds"] >= 1
+
+        while conn.info("memory")["used_memory"] > 0.55 * bound:
+            conn.xtrim(DELIVERY_STREAM, maxlen=max(conn.xlen(DELIVERY_STREAM) - 100, 0))
+        time.sleep(0.05)
+        assert post(client, wrapped(success(new_uuid()))).status_code == 202, "below the low mark: open again"
+        assert intake_status(client)["accepting"] is True
+        scraped = client.get("/metrics", headers={"Authorization": "Bearer read-token"}).text
+        found = {(s.name, tuple(s.labels.items())): s.value
+                 for family in text_string_to_metric_families(scraped) for s in family.samples}
+        assert found[("captions_intake_accepting", ())] == 1
+        assert found[("captions_redis_max_memory_bytes", ())] == bound
+        assert 0 < found[("captions_redis_used_memory_bytes", ())] < 0.6 * bound
+        assert ("captions_intake_seconds_to_full", ()) in found
+        assert found[("captions_webhook_requests_total", (("outcome", "backpressure"),))] >= len(retry_afters) + 1
+    finally:
+        conn.config_set("maxmemory", "0")
