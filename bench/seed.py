@@ -355,7 +355,7 @@ def prepare(store: str, n: int, cache: Path, reseed: bool, progress, seed_at: st
     if marker is not None:
         progress(f"{store}: reusing the seeded store of {n:,} tasks ({name})")
         return Seeded(store, url, n, marker["deliveries"], datetime.fromisoformat(marker["ended_at"]),
-                      marker["seed_seconds"], True, marker["seeded_at_revision"], marker["upgrade_seconds"])
+                      marker["seed_seconds"], True, marker.get("seeded_at_revision"), marker.get("upgrade_seconds"))
     progress(f"{store}: seeding {n:,} tasks through store.results.save_deliveries ({name})")
     upgrade(url, seed_at or "head")
     deliveries, seconds, ended_at = write(url, n, progress)
