@@ -10,6 +10,7 @@ unless REQUIRE_BROWSER=1 (as in CI), when it fails.
 from __future__ import annotations
 
 import re
+import time
 from datetime import timedelta
 from decimal import Decimal
 from urllib.parse import urlsplit
@@ -291,3 +292,96 @@ def test_slow_answers_never_overlap_and_space_the_polls_out(tabs, server, engine
     wait_until(page, "document.getElementById('count-total').textContent === '9'")
     wait_until(page, "document.getElementById('status-line').dataset.state === 'fresh'")
     assert traffic.most_in_flight == 1, "never two requests in flight"
+
+
+STEP_MS = 250
+"""How far Playwright's clock moves at a time, near the moment a poll is due, in the test of refusals."""
+
+REFUSALS = [(503, "1"), (503, "1"), (503, "30"), (429, None), (503, "1"), (503, "1")]
+"""The answers to the polls of that test, in turn, before the server answers again: status, Retry-After."""
+
+
+def settle(page, before: tuple[str, str]) -> None:
+    """Wait (in real time, the page's clock stands still) until the status line is no longer `before`."""
+    for _ in range(500):
+        if status(page) != before:
+            return
+        page.wait_for_timeout(20)
+    raise AssertionError(f"the status line stayed {before}")
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_refusals_space_the_polls_out_and_honour_retry_after(tabs, server, engine):
+    data.load(engine)
+    cap, jitter = script_constant("MAX_BACKOFF_MS") / 1000, script_constant("BACKOFF_JITTER")
+    page = signed_in(tabs, server, clock=True)
+    page.select_option("#range", "all")
+    wait_until(page, "document.getElementById('count-total').textContent === '9'")
+    traffic = Traffic(page, hold=True)
+    page.clock.pause_at(page.evaluate("Date.now()") / 1000 + 1)  # in seconds; a moment ahead
+
+    def next_request(after: float) -> float:
+        """Move the clock on to half a second before `after` seconds and check that nothing was sent yet,
+        then on in steps until the page sends a request; how long that took, in seconds."""
+        ms = max(0, int(after * 1000) - 500)
+        if ms:
+            page.clock.run_for(ms)
+            page.wait_for_timeout(300)  # real time, for a request to reach the test
+            assert not traffic.held, f"a request before {after} s"
+        while not traffic.held:
+            assert ms < 2 * cap * 1000, "no request"
+            page.clock.run_for(STEP_MS)
+            ms += STEP_MS
+            page.wait_for_timeout(100)
+        return ms / 1000
+
+    next_request(0)
+    gaps, expected = [], []
+    for n, (code, retry_after) in enumerate(REFUSALS, start=1):
+        route = traffic.held.pop(0)[1]
+        assert is_stats(route.request)
+        before = status(page)
+        route.fulfill(status=code, headers={"Retry-After": retry_after} if retry_after else {},
+                      json={"error": {"status": code, "message": "busy"}})
+        settle(page, before)
+        state, text = status(page)
+        assert state == "waiting" and text.startswith(f"The server asked to wait (HTTP {code})"), text
+        assert "the figures are from " in text
+        assert page.evaluate("document.getElementById('board').classList.contains('stale')")
+        assert page.text_content("#count-total") == "9", "the figures stay, marked stale"
+        expected.append(max(min(cap, POLL_SECONDS * 2 ** n), float(retry_after or 0)))
+        gaps.append(next_request(expected[-1]))
+    for gap, wait in zip(gaps, expected):
+        assert wait <= gap < wait * (1 + jitter) + 2 * STEP_MS / 1000, (gaps, expected)
+    assert gaps[2] >= 30 > min(cap, POLL_SECONDS * 2 ** 3), "Retry-After beyond the backoff is honoured"
+    assert gaps[:4] == sorted(gaps[:4]) and gaps[4] >= cap and gaps[5] < cap * (1 + jitter) + 1, gaps
+
+    # The server answers again: figures are fresh, and the next poll comes after the normal interval.
+    refreshed = page.evaluate("Number(document.body.dataset.refreshed)")
+    while page.evaluate("Number(document.body.dataset.refreshed)") == refreshed:
+        for _, route in traffic.held:
+            route.continue_()
+        traffic.held.clear()
+        page.wait_for_timeout(20)
+    assert status(page)[0] == "fresh"
+    assert not page.evaluate("document.getElementById('board').classList.contains('stale')")
+    assert POLL_SECONDS <= next_request(POLL_SECONDS) < POLL_SECONDS + 2 * STEP_MS / 1000
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_hidden_tab_does_not_poll_and_refreshes_when_shown(tabs, server):
+    page = signed_in(tabs, server)
+    traffic = Traffic(page)
+    other = new_tab(tabs)
+    assert page.evaluate("document.visibilityState") == "hidden"
+    other.wait_for_timeout(2.5 * POLL_SECONDS * 1000)
+    assert traffic.sent == [], "no request from a hidden tab"
+    assert status(page)[0] == "paused"
+
+    page.bring_to_front()
+    shown = time.monotonic()
+    traffic.run(POLL_SECONDS, until=lambda: traffic.sent)
+    assert traffic.sent[0][0] - shown < POLL_SECONDS / 3, "refreshed at once, not at the next interval"
+    wait_until(page, "document.getElementById('status-line').dataset.state === 'fresh'")
