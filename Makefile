@@ -27,7 +27,15 @@ $(STAMP): requirements.txt requirements-test.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	touch $@
 
-run: venv ## run the whole stack locally (private Redis, web, workers, cron, emulator)
+run: venv ## run the whole stack locally behind one URL (private Redis and nginx, intake, api, workers, cron, emulator)
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+		if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "run: installing nginx (the local front: one URL for the intake and the api)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; \
+		else \
+			echo "run: nginx is missing and cannot be installed (needs root and apt-get): two URLs, no front" >&2; \
+		fi; }
 	$(BIN)/python deploy/launch.py
 
 test: venv ## run the test suite; pass options with PYTEST_ARGS='-k webhook -x'

@@ -6,9 +6,16 @@
    append-only file under var/redis/) on a free loopback port.
 3. Runware: unless RUNWARE_API_KEY is set, the local emulator stands in for it.
 4. Migrations: `python -m store upgrade`.
-5. The processes of deploy/Procfile (web, persist, submit, cron) and the emulator,
-   under one honcho supervisor that prefixes each output line with its process.
-6. Once /readyz answers 200: `after_ready(env)` prints how to use the stack.
+5. The processes of deploy/Procfile (intake, api, persist, submit, maintenance,
+   cron), the emulator and a private nginx, under one supervisor that prefixes
+   each output line with its process.
+6. Once both gunicorns answer /readyz: `after_ready(env)` prints how to use the stack.
+
+One URL for everything (HOST:PORT, default 127.0.0.1:8000): the private nginx
+(deploy/nginx.local.conf, rendered into var/nginx/) sends /webhooks/ to the
+intake's gunicorn and the rest to the api's, each on a free loopback port, as
+production's nginx does. Where nginx cannot be found, the launcher says so, the
+api takes HOST:PORT, the intake a port of its own, and both URLs are printed.
 
 Ctrl-C or SIGTERM stops the processes, then the private redis-server.
 `python deploy/launch.py migrate` does steps 1 and 4 only (`make migrate`).
@@ -45,6 +52,10 @@ SECRETS_FILE = VAR / "secrets.env"
 TOKEN_KEYS = ("WEBHOOK_TOKENS", "READ_TOKENS", "SUBMIT_TOKENS")
 EMULATOR_PORT = 8010
 READY_TIMEOUT = 60.0
+NGINX_TEMPLATE = DEPLOY / "nginx.local.conf"
+NGINX_DIR = VAR / "nginx"
+NGINX_PATH = "/usr/sbin:/usr/local/sbin:/usr/local/nginx/sbin"
+"""Where nginx is looked for besides PATH (Debian installs it in /usr/sbin, which a user's PATH may lack)."""
 
 LOCAL_REDIS_MAXMEMORY = "256mb"
 """The private Redis's bound under `make run` (production's is in deploy/redis.conf)."""
@@ -116,6 +127,62 @@ def free_port(preferred: int = 0) -> int:
                 continue
             return sock.getsockname()[1]
     raise RuntimeError("no free port on 127.0.0.1")
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports on 127.0.0.1 (each held until all are found)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def find_nginx() -> str | None:
+    return shutil.which("nginx") or shutil.which("nginx", path=NGINX_PATH)
+
+
+def render_nginx(listen: str, intake: str, api: str, directory: Path = NGINX_DIR) -> Path:
+    """Write deploy/nginx.local.conf with these addresses (host:port) into `directory`; return the file."""
+    text = NGINX_TEMPLATE.read_text()
+    for placeholder, address in (("@LISTEN@", listen), ("@INTAKE@", intake), ("@API@", api)):
+        text = text.replace(placeholder, address)
+    (directory / "tmp").mkdir(parents=True, exist_ok=True)
+    path = directory / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
+def nginx_argv(nginx: str, conf: Path) -> list[str]:
+    """nginx in the foreground with `conf`, its relative paths under the file's folder."""
+    return [nginx, "-p", f"{conf.parent}/", "-c", conf.name, "-e", "stderr", "-g", "daemon off;"]
+
+
+def plan_web(env: dict[str, str]) -> list[str] | None:
+    """Where the intake and the api listen (INTAKE_BIND, API_BIND), and the nginx command in front, if any.
+
+    Without nginx the api takes HOST:PORT and PUBLIC_URL (the webhook URL given to
+    Runware) defaults to the intake's own address.
+    """
+    host, port = env["HOST"], env["PORT"]
+    nginx = find_nginx()
+    if nginx is None:
+        env["API_BIND"], env["INTAKE_BIND"] = f"{host}:{port}", f"{host}:{free_port()}"
+        env.setdefault("PUBLIC_URL", webhook_base(env))
+        print("launch: nginx is not installed (Debian/Ubuntu: `sudo apt-get install nginx`), so there is no\n"
+              f"launch: single URL: webhooks go to {webhook_base(env)}, everything else to {local_url(env)}",
+              flush=True)
+        return None
+    env["INTAKE_BIND"], env["API_BIND"] = (f"127.0.0.1:{p}" for p in free_ports(2))
+    return nginx_argv(nginx, render_nginx(f"{host}:{port}", env["INTAKE_BIND"], env["API_BIND"]))
+
+
+def fronted(env: dict[str, str]) -> bool:
+    """True when the local nginx answers at HOST:PORT (without it, the api does)."""
+    return env["API_BIND"] != f"{env['HOST']}:{env['PORT']}"
 
 
 def start_redis(env: dict[str, str]) -> subprocess.Popen:
@@ -192,8 +259,11 @@ def stop(proc: subprocess.Popen | None, timeout: float = 30) -> None:
 
 
 def processes(env: dict[str, str]) -> dict[str, str]:
-    """The commands to supervise: deploy/Procfile's, plus the emulator when Runware is not configured."""
+    """The commands to supervise: deploy/Procfile's, the local nginx, and the emulator unless Runware is configured."""
     procs = dict(parse_procfile((DEPLOY / "Procfile").read_text()).processes)
+    nginx = plan_web(env)
+    if nginx:
+        procs["nginx"] = shlex.join(nginx)
     if not (ROOT / "workers" / "schedule.py").exists() and not (ROOT / "workers" / "schedule").is_dir():
         print("launch: workers/schedule.py not found; running without the cron process", flush=True)
         procs.pop("cron", None)
@@ -218,24 +288,37 @@ def migrate(env: dict[str, str]) -> None:
 
 
 def wait_ready(env: dict[str, str], stopping: threading.Event) -> bool:
-    """Poll /readyz until it answers 200 (True), or until timeout or shutdown (False)."""
-    url = f"{local_url(env)}/readyz"
+    """Poll each gunicorn's /readyz, and the front's, until all answer 200 (True), or until timeout or shutdown."""
+    urls = [f"{reachable(env['INTAKE_BIND'])}/readyz", f"{reachable(env['API_BIND'])}/readyz"]
+    if fronted(env):
+        urls.append(f"{local_url(env)}/readyz")
     deadline = time.monotonic() + READY_TIMEOUT
-    while not stopping.is_set() and time.monotonic() < deadline:
+    while urls and not stopping.is_set() and time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with urllib.request.urlopen(urls[0], timeout=2) as response:
                 if response.status == 200:
-                    return True
+                    urls.pop(0)
+                    continue
         except OSError:
             pass
         stopping.wait(0.25)
-    return False
+    return not urls
+
+
+def reachable(address: str) -> str:
+    """The URL at which this machine reaches a server listening on `address` (host:port)."""
+    host, _, port = address.rpartition(":")
+    return f"http://{host if host not in ('0.0.0.0', '::', '') else '127.0.0.1'}:{port}"
 
 
 def local_url(env: dict[str, str]) -> str:
-    """The base URL at which this machine reaches the web process."""
-    host = env["HOST"] if env["HOST"] not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    return f"http://{host}:{env['PORT']}"
+    """The base URL at which this machine reaches the service: the local nginx, or without it the api."""
+    return reachable(f"{env['HOST']}:{env['PORT']}")
+
+
+def webhook_base(env: dict[str, str]) -> str:
+    """The base URL of the webhook intake: the one URL when nginx fronts both, else the intake's own."""
+    return local_url(env) if fronted(env) else reachable(env["INTAKE_BIND"])
 
 
 def after_ready(env: dict[str, str]) -> None:
@@ -268,11 +351,12 @@ def banner(env: dict[str, str]) -> None:
     """URLs, tokens and a curl line to post a result and one to read it back."""
     base, tok, task = local_url(env), tokens(env), str(uuid.uuid4())
     body = json.dumps({"data": [{"taskType": "imageCaption", "taskUUID": task, "text": "a caption", "cost": 0.0019}]})
-    webhook = f"{base}/webhooks/runware?token={tok['WEBHOOK_TOKENS']}"
+    webhook = f"{webhook_base(env)}/webhooks/runware?token={tok['WEBHOOK_TOKENS']}"
     post = ["curl", "-sS", "-X", "POST", webhook, "-H", "Content-Type: application/json", "-d", body]
     read = ["curl", "-sS", "-H", f"Authorization: Bearer {tok['READ_TOKENS']}", f"{base}/api/tasks/{task}"]
     lines = [
-        f"Ready at {base}   (Ctrl-C stops everything)",
+        f"Ready at {base}   (Ctrl-C stops everything)" if fronted(env) else
+        f"Ready: webhooks at {webhook_base(env)}, everything else at {base} (no nginx; Ctrl-C stops everything)",
         "",
         f"Webhook URL:   {webhook}",
         f"Read token:    {tok['READ_TOKENS']}",

@@ -36,7 +36,7 @@ with atheris.instrument_imports():
     from workers.queues import DELIVERY_STREAM
 
 CONFIG = Config.from_env()
-CLIENT = create_app(CONFIG).test_client()
+CLIENT = create_app(CONFIG, kind="intake").test_client()
 STREAM = redis.Redis.from_url(CONFIG.redis_url)
 URL = f"/webhooks/runware?token={CONFIG.webhook_tokens[0]}"
 

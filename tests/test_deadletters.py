@@ -21,6 +21,7 @@ from tests.helpers import post
 from tests.helpers import success
 from tests.helpers import wrapped
 from tests.support import run_worker
+from tests.support import with_intake
 from workers import maintenance
 from workers.persist import REJECTED_RETRY_DELAYS
 from workers.queues import PERSIST_QUEUE
@@ -70,9 +71,12 @@ def refusal(engine):
 
 @pytest.fixture
 def admin_app(config):
-    app = create_app(dataclasses.replace(config, admin_tokens=("admin-token",)))
+    config = dataclasses.replace(config, admin_tokens=("admin-token",))
+    intake = create_app(config, kind="intake")
+    app = with_intake(create_app(config), intake)
     yield app
-    app.extensions["redis"].close()
+    for each in (app, intake):
+        each.extensions["redis"].close()
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ from tests.fuzzing import HostileRequests
 from tests.fuzzing import Request
 from tests.fuzzing import Tally
 from tests.support import run_worker
+from tests.support import with_intake
 from workers.payloads import MAX_COST_USD
 from workers.queues import DELIVERY_GROUP
 from workers.queues import DELIVERY_STREAM
@@ -65,9 +66,12 @@ EXAMPLES = settings(max_examples=300, deadline=None, database=None,
 def fuzz_app(config, monkeypatch):
     monkeypatch.setenv("ADMIN_TOKENS", "admin-token")
     monkeypatch.setenv("METRICS_TOKENS", "metrics-token")
-    app = create_app(Config.from_env())
+    config = Config.from_env()
+    intake = create_app(config, kind="intake")
+    app = with_intake(create_app(config), intake)
     yield app
-    app.extensions["redis"].close()
+    for each in (app, intake):
+        each.extensions["redis"].close()
 
 
 def send(client, request: Request) -> tuple[int, bytes, str | None]:

@@ -122,7 +122,7 @@ def signed_client(config):
     env = {"APP_ENV": "development", "REDIS_URL": config.redis_url, "DATABASE_URL": config.database_url,
            "WEBHOOK_TOKENS": "hook-new", "READ_TOKENS": "r", "SUBMIT_TOKENS": "s",
            "WEBHOOK_SIGNING_SECRETS": f"{OLD_SECRET}, {NEW_SECRET}", "WEBHOOK_SIGNATURE_TOLERANCE_SECONDS": "120"}
-    app = create_app(Config.from_env(env))
+    app = create_app(Config.from_env(env), kind="intake")
     yield app.test_client()
     app.extensions["redis"].close()
 
