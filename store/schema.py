@@ -77,7 +77,7 @@ tasks = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Index("ix_tasks_status_created", "status", "created_at"),
-    sa.Index("ix_tasks_next_poll", "next_poll_at"),
+    sa.Index("ix_tasks_status_next_poll", "status", "next_poll_at", "task_uuid"),  # claims (store/submissions.py)
     sa.Index("ix_tasks_updated", "updated_at", "task_uuid"),
     sa.Index("ix_tasks_created", "created_at"),  # the edges of a stats window (store/stats.py)
     sa.Index("ix_tasks_result", "result_at"),

@@ -11,8 +11,8 @@ A submitted task's life in the `tasks` table:
 3. The answer's results go through `store.results.apply_results`, which moves
    the status up only; `mark_submitted` records the send time and when to poll.
 4. `claim_polls` takes submitted tasks whose result is overdue, with the same
-   lease, and `schedule_polls` sets each one's next poll (backoff);
-   `overdue` lists those past the deadline.
+   lease, so two reconcile slices never poll the same task at once, and
+   `schedule_polls` sets each one's next poll (backoff).
 5. `clear_inputs` drops the image of tasks in a final state.
 
 `next_poll_at` is thus "when a job should next look at this task": the end of a
@@ -158,8 +158,11 @@ def mark_submitted(conn: sa.Connection, task_uuids: Iterable[str], poll_at: date
 
 
 def claim_polls(conn: sa.Connection, limit: int, after_seconds: float, lease_seconds: float,
-                now: datetime | None = None) -> list[tuple[str, int]]:
-    """Claim up to `limit` tasks submitted over `after_seconds` ago and due a poll: (taskUUID, poll attempts)."""
+                now: datetime | None = None) -> list[tuple[str, int, datetime]]:
+    """Claim up to `limit` tasks submitted over `after_seconds` ago and due a poll, the longest due first.
+
+    Returns (taskUUID, poll attempts counting this one, submitted at) per task.
+    """
     now = now or utcnow()
     rows = _claim(
         conn,
@@ -169,9 +172,9 @@ def claim_polls(conn: sa.Connection, limit: int, after_seconds: float, lease_sec
         limit,
         {"poll_attempts": tasks.c.poll_attempts + 1, "next_poll_at": now + timedelta(seconds=lease_seconds),
          "updated_at": now},
-        (tasks.c.task_uuid, tasks.c.poll_attempts),
+        (tasks.c.task_uuid, tasks.c.poll_attempts, tasks.c.submitted_at),
     )
-    return [(r.task_uuid, r.poll_attempts) for r in rows]
+    return [(r.task_uuid, r.poll_attempts, r.submitted_at) for r in rows]
 
 
 def schedule_polls(conn: sa.Connection, when: dict[str, datetime]) -> None:
@@ -184,18 +187,6 @@ def schedule_polls(conn: sa.Connection, when: dict[str, datetime]) -> None:
         .values(next_poll_at=sa.bindparam("at"), updated_at=utcnow())
     )
     conn.execute(stmt, [{"uuid": uuid, "at": at} for uuid, at in when.items()])
-
-
-def overdue(conn: sa.Connection, deadline_seconds: float, now: datetime | None = None,
-            limit: int = 1000) -> list[str]:
-    """Tasks submitted over `deadline_seconds` ago and still without a result."""
-    now = now or utcnow()
-    stmt = (
-        sa.select(tasks.c.task_uuid)
-        .where(tasks.c.status == "submitted", tasks.c.submitted_at <= now - timedelta(seconds=deadline_seconds))
-        .limit(limit)
-    )
-    return list(conn.scalars(stmt))
 
 
 def clear_inputs(conn: sa.Connection, task_uuids: Iterable[str] | None = None,

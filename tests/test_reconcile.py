@@ -22,6 +22,7 @@ from tests.submitting import use_runware  # noqa: F401  (fixture)
 from tests.support import Service
 from tests.support import run_worker
 from tests.support import wait_for
+from workers.queues import MAINTENANCE_QUEUE
 from workers.queues import SUBMIT_QUEUE
 from workers.reconcile import POLL_BACKOFF_BASE_S
 from workers.reconcile import reconcile
@@ -132,18 +133,18 @@ def test_images_of_tasks_finished_by_webhook_are_dropped(engine, emulator, use_r
     assert reconcile()["inputs_cleared"] == 1 and rows(engine)[task].input_ref is None
 
 
-def test_the_schedule_enqueues_reconcile_on_the_submit_queue(engine, redis_url, emulator, use_runware):  # noqa: F811
+def test_the_schedule_enqueues_reconcile_on_the_maintenance_queue(engine, redis_url, emulator, use_runware):  # noqa: F811
     use_runware(emulator(drop_rate=1.0), RECONCILE_INTERVAL_SECONDS=7)
     conn = redis.Redis.from_url(redis_url)
     scheduler = CronScheduler(connection=conn)
     scheduler.load_config_from_file("workers.schedule")
     jobs = {job.func_name: job for job in scheduler.get_jobs()}
-    assert jobs["workers.reconcile.reconcile"].queue_name == SUBMIT_QUEUE
+    assert jobs["workers.reconcile.reconcile"].queue_name == MAINTENANCE_QUEUE
     assert jobs["workers.reconcile.reconcile"].interval == 7
     scheduler.enqueue_jobs()
-    [job] = Queue(SUBMIT_QUEUE, connection=conn).jobs
+    [job] = Queue(MAINTENANCE_QUEUE, connection=conn).jobs
     assert job.func_name == "workers.reconcile.reconcile"
-    run_worker(redis_url, SUBMIT_QUEUE)
+    run_worker(redis_url, MAINTENANCE_QUEUE)
     job.refresh()
     assert job.is_finished and job.return_value()["polled"] == 0
 
@@ -152,8 +153,8 @@ def test_the_cron_process_runs_the_schedule_module(redis_url, config):
     cron = Service.cron("workers.schedule", {"RECONCILE_INTERVAL_SECONDS": "1"}).start()
     try:
         conn = redis.Redis.from_url(redis_url)
-        wait_for(lambda: Queue(SUBMIT_QUEUE, connection=conn).count >= 1, timeout=20,
+        wait_for(lambda: Queue(MAINTENANCE_QUEUE, connection=conn).count >= 1, timeout=20,
                  what="python -m workers cron to enqueue")
     finally:
         cron.stop()
-    assert Queue(SUBMIT_QUEUE, connection=conn).jobs[0].func_name == "workers.reconcile.reconcile"
+    assert Queue(MAINTENANCE_QUEUE, connection=conn).jobs[0].func_name == "workers.reconcile.reconcile"

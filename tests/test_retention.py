@@ -11,6 +11,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 from rq import Queue
+from rq.job import Job
+from rq.registry import FinishedJobRegistry
 
 from config import Config
 from config import ConfigError
@@ -24,6 +26,7 @@ from tests.helpers import wrapped
 from tests.support import run_worker
 from workers import maintenance
 from workers.queues import DELIVERY_STREAM
+from workers.queues import MAINTENANCE_QUEUE
 from workers.queues import PERSIST_QUEUE
 
 
@@ -74,7 +77,7 @@ def test_purge_deletes_old_log_rows_in_batches_and_keeps_the_rest(engine):
 
     deleted = maintenance.purge(engine, now - timedelta(days=30), batch_size=3)
 
-    assert deleted == {"deliveries": 7, "dead_letters": 0}
+    assert deleted == {"deliveries": 7, "dead_letters": 0, "finished": True}
     assert ids(engine, deliveries) == recent
     assert not old & ids(engine, deliveries)
 
@@ -104,20 +107,45 @@ def test_the_cutoff_spares_the_log_of_deliveries_still_in_the_stream(redis_url):
     assert maintenance.retention_cutoff(config, conn, now) == queued_at - maintenance.CLOCK_MARGIN
 
 
-def test_the_cleanup_job_runs_on_a_real_worker(config, engine, monkeypatch):
+def test_the_cleanup_job_runs_on_a_real_maintenance_worker(config, engine, monkeypatch):
     monkeypatch.setenv("DELIVERY_RETENTION_DAYS", "7")
     now = utcnow()
     add_delivery(engine, now - timedelta(days=8), 0)
     kept = add_delivery(engine, now - timedelta(days=6), 0)
     conn = redis.Redis.from_url(config.redis_url)
-    job = Queue(PERSIST_QUEUE, connection=conn).enqueue("workers.maintenance.cleanup")
+    job = Queue(MAINTENANCE_QUEUE, connection=conn).enqueue("workers.maintenance.cleanup")
 
-    run_worker(config.redis_url, PERSIST_QUEUE)
+    run_worker(config.redis_url, MAINTENANCE_QUEUE)
 
     job.refresh()
     assert job.is_finished, job.latest_result()
-    assert job.return_value() == {"deliveries": 1, "dead_letters": 0}
+    assert job.return_value() == {"deliveries": 1, "dead_letters": 0, "finished": True}
     assert ids(engine, deliveries) == {kept}
+
+
+def test_a_long_cleanup_goes_on_in_slices_each_enqueuing_the_next(config, engine, monkeypatch):
+    """A slice deletes a batch, finds its time spent and enqueues the next, until nothing old is left."""
+    monkeypatch.setattr(maintenance, "CLEANUP_BATCH", 2)
+    monkeypatch.setattr(maintenance, "CLEANUP_SLICE_S", 0.0)  # every slice stops after its first batch
+    now = utcnow()
+    for i in range(5):
+        add_delivery(engine, now - timedelta(days=40, minutes=i), i)
+    letters = {add_letter(engine, now - timedelta(days=60), now - timedelta(days=45)) for _ in range(2)}
+    kept = {add_delivery(engine, now - timedelta(days=2), 0)}
+    conn = redis.Redis.from_url(config.redis_url)
+    Queue(MAINTENANCE_QUEUE, connection=conn).enqueue("workers.maintenance.cleanup")
+
+    run_worker(config.redis_url, MAINTENANCE_QUEUE)  # forks from this process: the settings above hold
+
+    registry = FinishedJobRegistry(MAINTENANCE_QUEUE, connection=conn)
+    slices = sorted(Job.fetch_many(registry.get_job_ids(), connection=conn), key=lambda job: job.started_at)
+    assert [job.return_value() for job in slices] == [
+        {"deliveries": 2, "dead_letters": 0, "finished": False},
+        {"deliveries": 2, "dead_letters": 0, "finished": False},
+        {"deliveries": 1, "dead_letters": 2, "finished": False},
+        {"deliveries": 0, "dead_letters": 0, "finished": True},
+    ]
+    assert ids(engine, deliveries) == kept and not letters & ids(engine, dead_letters)
 
 
 @pytest.mark.parametrize("env", [{"DELIVERY_RETENTION_DAYS": "0"}, {"DELIVERY_RETENTION_DAYS": "a month"},

@@ -1,4 +1,4 @@
-"""Worker processes: `python -m workers persist`, `python -m workers submit [--burst]`, `python -m workers cron`.
+"""Worker processes: `python -m workers persist|submit|maintenance [--burst]`, `python -m workers cron`.
 
 Each process serves exactly one RQ queue, so RQ dequeues with BLMOVE (a job id
 is never lost between the pop and the started-job registry). The job modules
@@ -21,16 +21,18 @@ from rq import Queue
 from rq import Worker
 
 import logs
-import workers.persist  # noqa: F401  (preloaded before the fork)
+import workers.maintenance  # noqa: F401  (preloaded before the fork)
+import workers.persist  # noqa: F401
 import workers.reconcile  # noqa: F401
 import workers.submit  # noqa: F401
 from config import Config
 from config import ConfigError
+from workers.queues import MAINTENANCE_QUEUE
 from workers.queues import PERSIST_QUEUE
 from workers.queues import SUBMIT_QUEUE
 from workers.queues import connect
 
-QUEUES = (PERSIST_QUEUE, SUBMIT_QUEUE)
+QUEUES = (PERSIST_QUEUE, SUBMIT_QUEUE, MAINTENANCE_QUEUE)
 REDIS_RETRY_S = 1
 """Seconds before serving the queue again after RQ gave up on a Redis error; doubled each time."""
 

@@ -5,10 +5,11 @@
   entries and no drain is wanted, or when entries sit abandoned or unread while
   the flag of a dead drain lingers. So a delivery in Redis reaches the store
   within seconds of a crash, not after RQ's ten-minute maintenance pass.
-- `cleanup` (RQ cron, hourly): deletes the delivery log older than
-  `DELIVERY_RETENTION_DAYS`, and dead letters replayed before that, in batches,
-  each batch its own short transaction. It never deletes the log of a delivery
-  still in the stream (its idempotency record).
+- `cleanup` (RQ cron, hourly, on the maintenance queue): deletes the delivery
+  log older than `DELIVERY_RETENTION_DAYS`, and dead letters replayed before
+  that, in batches, each batch its own short transaction. One job is a slice of
+  at most `CLEANUP_SLICE_S`; while rows remain it enqueues the next slice. It
+  never deletes the log of a delivery still in the stream (its idempotency record).
 - `list_dead_letters` / `replay_dead_letters`: what the API and the CLI
   (`flask deadletters ...`) call. A replay applies a letter's item to the store
   and marks the letter replayed in one transaction, claimed first, so replaying
@@ -28,6 +29,7 @@ from decimal import Decimal
 
 import redis
 import sqlalchemy as sa
+from rq import Queue
 
 from config import Config
 from store.db import engine_for
@@ -40,6 +42,7 @@ from workers.persist import _is_outage as is_outage
 from workers.persist import ensure_group
 from workers.queues import DELIVERY_GROUP
 from workers.queues import DELIVERY_STREAM
+from workers.queues import MAINTENANCE_QUEUE
 from workers.queues import connect
 from workers.queues import enqueue_drain
 from workers.queues import want_drain
@@ -54,6 +57,12 @@ RESCUE_KEY = "captions:drain:rescue"
 
 CLEANUP_BATCH = 5000
 """Rows deleted per transaction by the retention cleanup."""
+
+CLEANUP_SLICE_S = 10.0
+"""Seconds after which a cleanup job starts no new batch; the next slice, which it enqueues, goes on."""
+
+CLEANUP_JOB_OPTIONS = {"job_timeout": 120, "result_ttl": 3600, "failure_ttl": 7 * 86400}
+"""RQ options of a cleanup slice, scheduled or enqueued by the slice before."""
 
 CLOCK_MARGIN = timedelta(hours=1)
 """Kept beyond the oldest stream entry, for clock skew between Redis and the web hosts."""
@@ -149,7 +158,12 @@ def oldest_queued_at(conn: redis.Redis) -> datetime | None:
     return datetime.fromtimestamp(millis / 1000, UTC)
 
 
-def _delete_in_batches(engine: sa.Engine, table: sa.Table, key: sa.Column, *where, batch_size: int) -> int:
+def _delete_in_batches(engine: sa.Engine, table: sa.Table, key: sa.Column, *where, batch_size: int,
+                       stop_at: float) -> tuple[int, bool]:
+    """Delete the rows matching `where`, a batch per transaction: (rows deleted, True once none is left).
+
+    No batch starts after `stop_at` (a `time.monotonic()` value) but the first, so every call progresses.
+    """
     deleted = 0
     while True:
         chosen = sa.select(key).where(*where).limit(batch_size).scalar_subquery()
@@ -157,17 +171,26 @@ def _delete_in_batches(engine: sa.Engine, table: sa.Table, key: sa.Column, *wher
             count = conn.execute(table.delete().where(key.in_(chosen))).rowcount
         deleted += count
         if count < batch_size:
-            return deleted
+            return deleted, True
+        if time.monotonic() >= stop_at:
+            return deleted, False
 
 
-def purge(engine: sa.Engine, before: datetime, batch_size: int = CLEANUP_BATCH) -> dict[str, int]:
-    """Delete the delivery log received before `before`, and dead letters replayed before it."""
-    return {
-        "deliveries": _delete_in_batches(engine, deliveries, deliveries.c.id, deliveries.c.received_at < before,
-                                         batch_size=batch_size),
-        "dead_letters": _delete_in_batches(engine, dead_letters, dead_letters.c.id,
-                                           dead_letters.c.replayed_at < before, batch_size=batch_size),
-    }
+def purge(engine: sa.Engine, before: datetime, batch_size: int = CLEANUP_BATCH,
+          seconds: float = CLEANUP_SLICE_S) -> dict:
+    """Delete the delivery log received before `before`, then dead letters replayed before it, for `seconds`.
+
+    Returns the rows deleted per table, and `finished`: False when time ran out first.
+    """
+    stop_at = time.monotonic() + seconds
+    log_rows, finished = _delete_in_batches(engine, deliveries, deliveries.c.id, deliveries.c.received_at < before,
+                                            batch_size=batch_size, stop_at=stop_at)
+    letters = 0
+    if finished:
+        letters, finished = _delete_in_batches(engine, dead_letters, dead_letters.c.id,
+                                               dead_letters.c.replayed_at < before, batch_size=batch_size,
+                                               stop_at=stop_at)
+    return {"deliveries": log_rows, "dead_letters": letters, "finished": finished}
 
 
 def retention_cutoff(config: Config, conn: redis.Redis | None, now: datetime | None = None) -> datetime:
@@ -179,12 +202,19 @@ def retention_cutoff(config: Config, conn: redis.Redis | None, now: datetime | N
     return cutoff
 
 
-def cleanup() -> dict[str, int]:
-    """RQ job: apply the retention period. Returns how many rows of each table it deleted."""
+def cleanup() -> dict:
+    """RQ job: one slice of the retention period (`purge`); enqueues the next slice while rows remain.
+
+    Two chains of slices at once (the next hour's beside one still going) are
+    harmless: they delete old rows only, and both end when none is left.
+    """
     config = Config.from_env()
-    cutoff = retention_cutoff(config, connect(config.redis_url))
-    deleted = purge(engine_for(config.database_url), cutoff)
+    conn = connect(config.redis_url)
+    cutoff = retention_cutoff(config, conn)
+    deleted = purge(engine_for(config.database_url), cutoff, CLEANUP_BATCH, CLEANUP_SLICE_S)
     log.info("retention: deleted %s (before %s)", deleted, cutoff.isoformat())
+    if not deleted["finished"]:
+        Queue(MAINTENANCE_QUEUE, connection=conn).enqueue(cleanup, **CLEANUP_JOB_OPTIONS)
     return deleted
 
 

@@ -17,7 +17,10 @@ PERSIST_QUEUE = "persist"
 """RQ queue of the drain jobs that persist webhook deliveries."""
 
 SUBMIT_QUEUE = "submit"
-"""RQ queue of the jobs that submit caption tasks to Runware and reconcile them."""
+"""RQ queue of the jobs that submit caption tasks to Runware."""
+
+MAINTENANCE_QUEUE = "maintenance"
+"""RQ queue of the background jobs (reconciliation, retention), in bounded slices, away from foreground work."""
 
 DELIVERY_STREAM = "captions:deliveries"
 """Redis stream of accepted webhook bodies; an entry is removed once it is in the store."""

@@ -1,17 +1,27 @@
 """The reconcile job: recovers results that never came by webhook, and ends tasks that never finish.
 
-Run on a schedule (`workers/schedule.py`, every `RECONCILE_INTERVAL_SECONDS`):
+It runs on the maintenance queue (its own worker, `python -m workers maintenance`),
+so however large the backlog, it never holds up the submit or persist workers.
+Each job is one bounded slice: at most `SLICE_POLLS` polls and `SLICE_S`
+seconds of claiming. A slice that stops with tasks still due enqueues the
+next slice at once (one queued at a time: `NEXT_SLICE_FLAG`); the schedule
+(`workers/schedule.py`, every `RECONCILE_INTERVAL_SECONDS`) starts one too.
+Progress is in the store, not in the job: a slice killed midway loses at most
+its claimed batch, which its lease (`POLL_LEASE_S`) hands to a later slice.
 
 1. Poll: tasks submitted more than `RECONCILE_AFTER_SECONDS` ago and still
-   without a result are asked for with `getResponse`, `POLL_BATCH` per request,
-   each at most once per backoff step (`poll_attempts` and `next_poll_at`,
-   exponential with jitter from `workers.runware.backoff`). A success or a
-   task error found is stored through `store.results.apply_results`, like a
-   webhook; `processing`, or an error about the poll itself (an item without
-   `status: "error"`, such as an unknown task), leaves the task for a later poll.
-2. Deadline: a task still submitted `RESULT_DEADLINE_SECONDS` after it was sent
-   is polled once more and, if still without a result, fails with code
-   `timeout`. A result that arrives later still wins (success outranks error).
+   without a result are claimed (`store.submissions.claim_polls`, a lease, so
+   two slices never poll the same task) and asked for with `getResponse`,
+   `POLL_BATCH` per request, each at most once per backoff step
+   (`poll_attempts` and `next_poll_at`, exponential with jitter from
+   `workers.runware.backoff`). A success or a task error found is stored
+   through `store.results.apply_results`, like a webhook; `processing`, or an
+   error about the poll itself (an item without `status: "error"`, such as an
+   unknown task), leaves the task for a later poll.
+2. Deadline: a task's next poll is never later than `RESULT_DEADLINE_SECONDS`
+   after it was sent; polled then and still without a result, it fails with
+   code `timeout`. A result that arrives later still wins (success outranks
+   error).
 3. Housekeeping: the stored image of every task finished in the last day
    (`INPUT_SWEEP_WINDOW`; webhooks finish tasks without this job) is dropped,
    and a submit job is enqueued if queued tasks wait with none on the way.
@@ -23,12 +33,15 @@ scheduled, so RQ records the failed run; the next scheduled run tries again.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timedelta
 
+import redis
 import sqlalchemy as sa
+from rq import Queue
 
 from config import Config
 from store import submissions
@@ -38,6 +51,7 @@ from store.results import apply_results
 from store.schema import FINAL_STATUSES
 from store.schema import utcnow
 from workers import payloads
+from workers.queues import MAINTENANCE_QUEUE
 from workers.queues import connect
 from workers.runware import RunwareClient
 from workers.runware import RunwareError
@@ -47,21 +61,34 @@ from workers.submit import want_submit
 
 log = logging.getLogger(__name__)
 
-RECONCILE_JOB_TIMEOUT = 600
-"""Seconds RQ lets one reconcile run take."""
-
 POLL_BATCH = 50
 """getResponse tasks per Runware request."""
 
+POLL_TIMEOUT_S = 30.0
+"""Seconds a getResponse request may take (Runware answers it at once; a caption request may take minutes)."""
+
+SLICE_POLLS = 1000
+"""Tasks one reconcile slice polls at most (the next slice goes on)."""
+
+SLICE_S = 10.0
+"""Seconds after which a slice claims no more tasks: it ends after the request in flight."""
+
+RECONCILE_JOB_OPTIONS = {"job_timeout": 120, "result_ttl": 600, "failure_ttl": 7 * 86400}
+"""RQ options of a reconcile slice, scheduled or enqueued by the slice before (the timeout: SLICE_S, a
+request of POLL_TIMEOUT_S and the housekeeping, with room to spare)."""
+
+NEXT_SLICE_FLAG = "captions:reconcile:next"
+"""Set while a next slice is queued; the slice that sets it enqueues it, and that slice clears it when it starts."""
+
+NEXT_SLICE_FLAG_TTL = 300
+"""Seconds the flag outlives a next slice that never ran (a later slice enqueues another after that)."""
+
 POLL_LEASE_S = 300
-"""Seconds a task being polled is reserved for the run polling it."""
+"""Seconds a task being polled is reserved for the slice polling it."""
 
 POLL_BACKOFF_BASE_S = 5.0
 POLL_BACKOFF_CAP_S = 300.0
 """Delay between two polls of a task: about 5, 10, 20, … s, at most 5 minutes, with jitter."""
-
-MAX_POLLS_PER_RUN = 5000
-"""Tasks one run polls at most (the next run goes on)."""
 
 INPUT_SWEEP_WINDOW = timedelta(days=1)
 """Finished tasks updated this recently have their stored image dropped (a task finished
@@ -75,6 +102,8 @@ class Counts:
     timed_out: int = 0
     inputs_cleared: int = 0
     submit_enqueued: bool = False
+    more_due: bool = False
+    """The slice ended at its bound with tasks still due (a next slice goes on)."""
 
 
 def findings(batch: list[str], items: list[tuple[dict, bool]], received_at: datetime) -> dict[str, Result]:
@@ -101,10 +130,14 @@ def findings(batch: list[str], items: list[tuple[dict, bool]], received_at: date
 
 
 class Reconciler:
-    def __init__(self, engine: sa.Engine, client: RunwareClient, config: Config):
+    """One slice of reconciliation: at most `max_polls` polls, claimed for at most `seconds`."""
+
+    def __init__(self, engine: sa.Engine, client: RunwareClient, config: Config, max_polls: int, seconds: float):
         self.engine = engine
         self.client = client
         self.config = config
+        self.max_polls = max_polls
+        self.seconds = seconds
         self.counts = Counts()
 
     def poll(self, batch: list[str]) -> tuple[dict[str, Result], RunwareError | None]:
@@ -116,73 +149,83 @@ class Reconciler:
         self.counts.polled += len(batch)
         return findings(batch, answer.items(), utcnow()), error
 
-    def store(self, results: dict[str, Result]) -> None:
+    def settle(self, claimed: list[tuple[str, int, datetime]], found: dict[str, Result], now: datetime) -> None:
+        """Store what was found, fail the tasks past the deadline, schedule the next poll of the others."""
+        deadline = self.config.result_deadline_seconds
+        received_at, timeouts, when = utcnow(), {}, {}
+        for uuid, attempts, submitted_at in claimed:
+            if uuid in found:
+                continue
+            last_poll = submitted_at + timedelta(seconds=deadline)
+            if last_poll <= now:
+                timeouts[uuid] = Result(uuid, "error", received_at, error_code="timeout",
+                                        error_message=f"no result within {deadline}s of submission")
+            else:
+                delay = backoff(attempts - 1, POLL_BACKOFF_BASE_S, POLL_BACKOFF_CAP_S)
+                when[uuid] = min(now + timedelta(seconds=delay), last_poll)
+        results = {**found, **timeouts}
         with self.engine.begin() as conn:
             apply_results(conn, results.values(), delivered=False)
             submissions.clear_inputs(conn, results)
+            submissions.schedule_polls(conn, when)
+        self.counts.found += len(found)
+        self.counts.timed_out += len(timeouts)
+        if timeouts:
+            log.warning("%d tasks failed with timeout (no result %ds after submission)", len(timeouts), deadline)
 
     def poll_due(self, now: datetime) -> RunwareError | None:
-        """Step 1. Returns the error that stopped it, if Runware refused a whole request."""
-        last_error = None
-        while self.counts.polled < MAX_POLLS_PER_RUN:
+        """Steps 1 and 2, within the slice's bounds. Returns the error that stopped it, if Runware refused."""
+        stop_at = time.monotonic() + self.seconds
+        after = min(self.config.reconcile_after_seconds, self.config.result_deadline_seconds)
+        while self.counts.polled < self.max_polls and time.monotonic() < stop_at:
             with self.engine.begin() as conn:
-                claimed = submissions.claim_polls(conn, POLL_BATCH, self.config.reconcile_after_seconds,
-                                                  POLL_LEASE_S, now=now)
+                claimed = submissions.claim_polls(conn, min(POLL_BATCH, self.max_polls - self.counts.polled),
+                                                  after, POLL_LEASE_S, now=now)
             if not claimed:
-                break
-            found, error = self.poll([uuid for uuid, _ in claimed])
-            self.store(found)
-            self.counts.found += len(found)
-            when = {uuid: now + timedelta(seconds=backoff(n - 1, POLL_BACKOFF_BASE_S, POLL_BACKOFF_CAP_S))
-                    for uuid, n in claimed if uuid not in found}
-            with self.engine.begin() as conn:
-                submissions.schedule_polls(conn, when)
+                return None
+            found, error = self.poll([uuid for uuid, _, _ in claimed])
+            self.settle(claimed, found, now)
             if error is not None:
                 log.warning("getResponse for %d tasks: Runware answered %s %s", len(claimed),
                             error.status or "-", error.code)
                 if error.retryable or error.request_wide:
-                    last_error = error
-                    break  # Runware is refusing: leave the rest to the next run
-        return last_error
-
-    def expire(self, now: datetime) -> None:
-        """Step 2: one last poll, then fail what is still without a result."""
-        deadline = self.config.result_deadline_seconds
-        while True:
-            with self.engine.connect() as conn:
-                late = submissions.overdue(conn, deadline, now=now, limit=POLL_BATCH)
-            if not late:
-                return
-            found, _ = self.poll(late)
-            received_at = utcnow()
-            timeouts = {uuid: Result(uuid, "error", received_at, error_code="timeout",
-                                     error_message=f"no result within {deadline}s of submission")
-                        for uuid in late if uuid not in found}
-            self.store({**found, **timeouts})
-            self.counts.found += len(found)
-            self.counts.timed_out += len(timeouts)
-            if timeouts:
-                log.warning("%d tasks failed with timeout (no result %ds after submission)", len(timeouts), deadline)
+                    return error  # Runware is refusing: leave the rest to the next scheduled run
+        self.counts.more_due = True
+        return None
 
     def run(self, now: datetime | None = None) -> RunwareError | None:
         now = now or utcnow()
         error = self.poll_due(now)
-        self.expire(now)
         with self.engine.begin() as conn:
             self.counts.inputs_cleared = submissions.clear_inputs(conn, since=now - INPUT_SWEEP_WINDOW)
         return error
 
 
-def reconcile(now: datetime | None = None) -> dict:
-    """RQ job (scheduled): poll overdue tasks, fail those past the deadline, keep submission going."""
+def enqueue_next_slice(conn: redis.Redis) -> bool:
+    """Enqueue the next slice unless one is queued already; True when this call enqueued it."""
+    if conn.set(NEXT_SLICE_FLAG, 1, nx=True, ex=NEXT_SLICE_FLAG_TTL):
+        Queue(MAINTENANCE_QUEUE, connection=conn).enqueue(reconcile, kwargs={"next_slice": True},
+                                                          **RECONCILE_JOB_OPTIONS)
+        return True
+    return False
+
+
+def reconcile(now: datetime | None = None, next_slice: bool = False) -> dict:
+    """RQ job: one slice (poll overdue tasks, fail those past the deadline, keep submission going)."""
     config = Config.from_env()
+    conn = connect(config.redis_url)
+    if next_slice:
+        conn.delete(NEXT_SLICE_FLAG)  # from now on, a slice that stops at its bound enqueues another
     engine = engine_for(config.database_url)
-    reconciler = Reconciler(engine, RunwareClient.from_config(config), config)
+    client = RunwareClient(config.runware_api_url, config.runware_api_key, timeout=POLL_TIMEOUT_S)
+    reconciler = Reconciler(engine, client, config, SLICE_POLLS, SLICE_S)
     error = reconciler.run(now)
-    with engine.connect() as conn:
-        waiting = submissions.has_due_queued(conn, now)
+    with engine.connect() as db:
+        waiting = submissions.has_due_queued(db, now)
     if waiting:
-        reconciler.counts.submit_enqueued = want_submit(connect(config.redis_url))
+        reconciler.counts.submit_enqueued = want_submit(conn)
+    if reconciler.counts.more_due:
+        enqueue_next_slice(conn)
     counts = asdict(reconciler.counts)
     log.info("reconcile: %s", counts)
     if error is not None:
