@@ -1,7 +1,7 @@
 """Prometheus metrics: the webhook's counters, and `GET /metrics` for the whole service.
 
 Counters and histograms are written by every process that observes them: gunicorn
-workers (webhook outcomes, enqueue latency) and the drain jobs of the RQ workers
+workers (webhook outcomes, enqueue latency: receiver/intake_metrics.py) and the drain jobs of the RQ workers
 (persisted and failed items, receipt-to-stored latency, see workers/metrics.py).
 With PROMETHEUS_MULTIPROC_DIR set, each process keeps its values in files in that
 directory and a scrape adds them all up, so `/metrics` shows the whole service
@@ -35,8 +35,6 @@ from flask import Blueprint
 from flask import Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client import REGISTRY
-from prometheus_client import Counter
-from prometheus_client import Histogram
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.core import GaugeMetricFamily
@@ -59,30 +57,8 @@ from workers.queues import SUBMIT_QUEUE
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
 
-OUTCOMES = ("accepted", "unauthorized", "bad_signature", "unsupported_media_type", "too_large", "bad_json",
-            "unprocessable", "redis_unavailable", "backpressure")
-"""Values of the `outcome` label of captions_webhook_requests_total."""
-
-WEBHOOK_REQUESTS = Counter("captions_webhook_requests", "Webhook POSTs by outcome (accepted, or why rejected)",
-                           ["outcome"])
-ENQUEUE_SECONDS = Histogram("captions_enqueue_seconds", "Time to write an accepted delivery to Redis, in the request",
-                            buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
-for _outcome in OUTCOMES:
-    WEBHOOK_REQUESTS.labels(_outcome)
-
 SPEND_CACHE_SECONDS = 15.0
 """How long a scrape reuses the spend summed from the store."""
-
-
-def webhook_outcome(outcome: str) -> None:
-    """Count one webhook request with its outcome (one of OUTCOMES)."""
-    WEBHOOK_REQUESTS.labels(outcome).inc()
-
-
-def enqueued(seconds: float) -> None:
-    """Count an accepted delivery and how long its Redis write took."""
-    WEBHOOK_REQUESTS.labels("accepted").inc()
-    ENQUEUE_SECONDS.observe(seconds)
 
 
 class _Spend:

@@ -8,7 +8,7 @@ sender retries.
 
 With WEBHOOK_SIGNING_SECRETS set, a delivery also needs a valid Standard Webhooks
 signature (receiver/signatures.py), checked after the URL token. Each request
-counts one outcome in `captions_webhook_requests_total` (receiver/metrics.py).
+counts one outcome in `captions_webhook_requests_total` (receiver/intake_metrics.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from receiver import backpressure
-from receiver import metrics
+from receiver import intake_metrics as metrics
 from receiver import signatures
 from receiver.auth import token_matches
 from receiver.errors import error_response

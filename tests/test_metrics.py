@@ -12,6 +12,7 @@ import requests
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from receiver import intake_metrics
 from receiver import metric_files
 from receiver import metrics
 from tests.conftest import TOKENS
@@ -62,7 +63,7 @@ def test_metrics_need_a_read_or_metrics_token(client, app, monkeypatch):
 
 
 def test_each_webhook_outcome_is_counted(client, config):
-    before = {name: outcome(name) for name in metrics.OUTCOMES}
+    before = {name: outcome(name) for name in intake_metrics.OUTCOMES}
     enqueue_count = REGISTRY.get_sample_value("captions_enqueue_seconds_count") or 0.0
     assert post(client, wrapped(success(new_uuid()))).status_code == 202
     assert post(client, wrapped(success(new_uuid())), token="nope").status_code == 401
@@ -70,8 +71,8 @@ def test_each_webhook_outcome_is_counted(client, config):
     assert post(client, b"x" * (config.max_body_bytes + 1)).status_code == 413
     assert post(client, b"{").status_code == 400
     assert post(client, b'{"data": []}').status_code == 422
-    after = {name: outcome(name) for name in metrics.OUTCOMES}
-    delta = {name: after[name] - before[name] for name in metrics.OUTCOMES}
+    after = {name: outcome(name) for name in intake_metrics.OUTCOMES}
+    delta = {name: after[name] - before[name] for name in intake_metrics.OUTCOMES}
     assert delta == {"accepted": 1, "unauthorized": 1, "bad_signature": 0, "unsupported_media_type": 1,
                      "too_large": 1, "bad_json": 1, "unprocessable": 1, "redis_unavailable": 0,
                      "backpressure": 0}
@@ -142,8 +143,8 @@ def test_one_view_across_gunicorn_workers_and_the_rq_worker(config, tmp_path):
 
 COUNTING = """
 import sys, time
+from receiver import intake_metrics as metrics
 from receiver import metric_files
-from receiver import metrics
 metrics.enqueued(0.003)
 metrics.enqueued(0.003)
 metrics.webhook_outcome("bad_json")
