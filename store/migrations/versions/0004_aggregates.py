@@ -13,9 +13,10 @@ Three tables (docs/sql.md documents every column):
 Each is defined once below, as the contribution of a set of base rows with a
 `sign` (+1 added, -1 removed): a SELECT … GROUP BY key. That one definition is
 compiled into the triggers, for the dialect at hand, and into the backfill of
-an existing store. SQLite takes row triggers whose rows are the trigger's NEW
-and OLD (an UPDATE subtracts the old row and adds the new one in one upsert,
-and a WHEN clause skips updates that change nothing counted). PostgreSQL takes
+an existing store. SQLite takes row triggers that upsert the trigger's NEW
+row (+1) or OLD row (-1), both for an UPDATE, with a WHEN clause that skips
+updates that change nothing counted; one upsert per row, without GROUP BY,
+costs SQLite less than one grouped upsert of both. PostgreSQL takes
 statement triggers over transition tables, one per event, with upserts in key
 order so that concurrent writers lock aggregate rows in the same order.
 
@@ -158,15 +159,14 @@ def upsert(name: str, rows, dialect: str):
     """
     _, define, _ = AGGREGATES[name]
     key, measures, condition = define(rows, dialect)
-    facts = sa.select(*(e.label(k) for k, e in {**key, **measures}.items())).where(condition).subquery('facts')
-    group = [latency_bucket(facts.c[k]) if k == 'latency_bucket' else facts.c[k] for k in key]
-    sums = [sa.func.sum(facts.c[m]) for m in measures]
-    select = (
-        sa.select(*group, *sums)
-        .group_by(*group)
-        .having(sa.or_(*(s != 0 for s in sums)))
-        .order_by(*group)
-    )
+    if isinstance(rows, SimpleNamespace):  # one row of a SQLite trigger: no grouping needed
+        select = sa.select(*(latency_bucket(e) if k == 'latency_bucket' else e for k, e in key.items()),
+                           *measures.values()).where(condition)
+    else:
+        facts = sa.select(*(e.label(k) for k, e in {**key, **measures}.items())).where(condition).subquery('facts')
+        group = [latency_bucket(facts.c[k]) if k == 'latency_bucket' else facts.c[k] for k in key]
+        sums = [sa.func.sum(facts.c[m]) for m in measures]
+        select = sa.select(*group, *sums).group_by(*group).having(sa.or_(*(s != 0 for s in sums))).order_by(*group)
     target = sa.table(name, *(sa.column(c) for c in (*key, *measures)))
     stmt = (postgresql if dialect == 'postgresql' else sqlite).insert(target).from_select([*key, *measures], select)
     return stmt.on_conflict_do_update(
@@ -197,16 +197,15 @@ def sqlite_triggers(name: str) -> list[str]:
     table, define, watched = AGGREGATES[name]
     new, old = trigger_row('NEW', table, 1), trigger_row('OLD', table, -1)
     triggers = []
-    for event, parts in (('insert', [new]), ('update', [old, new]), ('delete', [old])):
-        selects = [sa.select(*(v.label(k) for k, v in vars(row.c).items())) for row in parts]
-        rows = (sa.union_all(*selects) if len(selects) > 1 else selects[0]).subquery('rows')
+    for event, rows in (('insert', [new]), ('update', [old, new]), ('delete', [old])):
         if event == 'update':
             when = sa.or_(*(getattr(old.c, c).is_distinct_from(getattr(new.c, c)) for c in watched))
         else:
-            when = define(parts[0], 'sqlite')[2]
+            when = define(rows[0], 'sqlite')[2]
+        body = ' '.join(f'{sql(upsert(name, row, "sqlite"), "sqlite")};' for row in rows)
         triggers.append(
             f'CREATE TRIGGER {name}_{event} AFTER {event.upper()} ON {table} FOR EACH ROW '
-            f'WHEN {sql(when, "sqlite")} BEGIN {sql(upsert(name, rows, "sqlite"), "sqlite")}; END'
+            f'WHEN {sql(when, "sqlite")} BEGIN {body} END'
         )
     return triggers
 
