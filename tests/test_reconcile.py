@@ -10,6 +10,8 @@ import pytest
 import redis
 from rq import Queue
 from rq.cron import CronScheduler
+from rq.job import Job
+from rq.registry import FinishedJobRegistry
 
 from store import submissions
 from store.results import Result
@@ -24,7 +26,9 @@ from tests.support import run_worker
 from tests.support import wait_for
 from workers.queues import MAINTENANCE_QUEUE
 from workers.queues import SUBMIT_QUEUE
+from workers.reconcile import NEXT_SLICE_FLAG
 from workers.reconcile import POLL_BACKOFF_BASE_S
+from workers.reconcile import POLL_LEASE_S
 from workers.reconcile import reconcile
 from workers.runware import RetryableError
 from workers.submit import SUBMIT_FLAG
@@ -32,6 +36,16 @@ from workers.submit import submit_queued
 
 LATER = timedelta(seconds=61)
 """Past the default RECONCILE_AFTER_SECONDS (60): the tasks are due a poll."""
+
+
+def sent_unknown(engine, n: int, ago: timedelta) -> list[str]:
+    """`n` tasks recorded as sent `ago`, which Runware never heard of (getResponse answers taskNotFound)."""
+    uuids = queue(engine, n)
+    sent_at = utcnow() - ago
+    with engine.begin() as conn:
+        apply_results(conn, [Result(u, "submitted", sent_at) for u in uuids], delivered=False)
+        submissions.mark_submitted(conn, uuids, sent_at + LATER, now=sent_at)
+    return uuids
 
 
 def submitted(engine, n: int, **queue_options) -> list[str]:
@@ -113,6 +127,55 @@ def test_a_refused_poll_is_raised_for_rq_and_the_tasks_wait_their_turn(engine, e
         reconcile(now)
     for row in rows(engine, uuids).values():
         assert row.status == "submitted" and row.poll_attempts == 1 and row.next_poll_at > now
+
+
+def test_the_next_poll_is_never_later_than_the_deadline(engine, emulator, use_runware):  # noqa: F811
+    use_runware(emulator(), RESULT_DEADLINE_SECONDS=300)
+    [task] = sent_unknown(engine, 1, ago=timedelta(seconds=299))
+    assert reconcile()["polled"] == 1
+    row = rows(engine)[task]
+    assert row.status == "submitted" and row.next_poll_at == row.submitted_at + timedelta(seconds=300)
+    assert reconcile(row.next_poll_at)["timed_out"] == 1, "polled once more at the deadline, then failed"
+    assert rows(engine)[task].error_code == "timeout"
+
+
+def test_a_backlog_is_polled_in_slices_each_enqueuing_the_next(engine, redis_url, emulator, use_runware,  # noqa: F811
+                                                               monkeypatch):
+    use_runware(emulator())
+    uuids = sent_unknown(engine, 120, ago=timedelta(minutes=2))
+    # Set in this process, so also in the work horses the burst worker below forks from it.
+    monkeypatch.setattr("workers.reconcile.SLICE_POLLS", 50)
+    monkeypatch.setattr("workers.reconcile.POLL_BACKOFF_BASE_S", 120.0)  # polled tasks are not due again here
+    conn = redis.Redis.from_url(redis_url)
+    maintenance = Queue(MAINTENANCE_QUEUE, connection=conn)
+
+    first = reconcile()
+    assert (first["polled"], first["more_due"]) == (50, True)
+    assert maintenance.count == 1 and conn.exists(NEXT_SLICE_FLAG)
+    second = reconcile()  # the schedule's next run, while the next slice waits
+    assert (second["polled"], second["more_due"]) == (50, True)
+    assert maintenance.count == 1, "one next slice is queued at a time"
+
+    run_worker(redis_url, MAINTENANCE_QUEUE)
+
+    [job] = Job.fetch_many(FinishedJobRegistry(MAINTENANCE_QUEUE, connection=conn).get_job_ids(), connection=conn)
+    assert job.kwargs == {"next_slice": True}
+    assert (job.return_value()["polled"], job.return_value()["more_due"]) == (20, False), "the chain ends"
+    assert maintenance.count == 0 and not conn.exists(NEXT_SLICE_FLAG)
+    assert {row.poll_attempts for row in rows(engine, uuids).values()} == {1}, "each task polled once"
+
+
+def test_a_task_another_slice_is_polling_is_left_to_it(engine, emulator, use_runware):  # noqa: F811
+    config = use_runware(emulator())
+    uuids = sent_unknown(engine, 3, ago=timedelta(seconds=config.result_deadline_seconds + 60))
+    with engine.begin() as conn:  # a slice running elsewhere claims one and has not settled it yet
+        [(held, _, _)] = submissions.claim_polls(conn, 1, config.reconcile_after_seconds, POLL_LEASE_S)
+
+    counts = reconcile()
+
+    assert (counts["polled"], counts["timed_out"]) == (2, 2)
+    states = {uuid: (row.status, row.poll_attempts) for uuid, row in rows(engine, uuids).items()}
+    assert states == {uuid: ("submitted", 1) if uuid == held else ("error", 1) for uuid in uuids}
 
 
 def test_queued_tasks_with_no_job_on_the_way_get_one(engine, redis_url, emulator, use_runware):  # noqa: F811

@@ -23,8 +23,10 @@ its claimed batch, which its lease (`POLL_LEASE_S`) hands to a later slice.
    code `timeout`. A result that arrives later still wins (success outranks
    error).
 3. Housekeeping: the stored image of every task finished in the last day
-   (`INPUT_SWEEP_WINDOW`; webhooks finish tasks without this job) is dropped,
-   and a submit job is enqueued if queued tasks wait with none on the way.
+   (`INPUT_SWEEP_WINDOW`; webhooks finish tasks without this job) is dropped
+   by the scheduled slice (not by the next slices: the sweep reads a day of
+   changes), and a submit job is enqueued if queued tasks wait with none on
+   the way.
 
 A transient Runware failure is raised after the tasks' next polls are
 scheduled, so RQ records the failed run; the next scheduled run tries again.
@@ -177,7 +179,7 @@ class Reconciler:
         """Steps 1 and 2, within the slice's bounds. Returns the error that stopped it, if Runware refused."""
         stop_at = time.monotonic() + self.seconds
         after = min(self.config.reconcile_after_seconds, self.config.result_deadline_seconds)
-        while self.counts.polled < self.max_polls and time.monotonic() < stop_at:
+        while True:
             with self.engine.begin() as conn:
                 claimed = submissions.claim_polls(conn, min(POLL_BATCH, self.max_polls - self.counts.polled),
                                                   after, POLL_LEASE_S, now=now)
@@ -190,24 +192,24 @@ class Reconciler:
                             error.status or "-", error.code)
                 if error.retryable or error.request_wide:
                     return error  # Runware is refusing: leave the rest to the next scheduled run
-        self.counts.more_due = True
-        return None
+            if self.counts.polled >= self.max_polls or time.monotonic() >= stop_at:
+                self.counts.more_due = True  # the first batch always runs, so every slice progresses
+                return None
 
-    def run(self, now: datetime | None = None) -> RunwareError | None:
-        now = now or utcnow()
+    def run(self, now: datetime, sweep_inputs: bool) -> RunwareError | None:
+        """Steps 1 and 2, then step 3's image sweep if asked (it reads a day of changes: once per scheduled run)."""
         error = self.poll_due(now)
-        with self.engine.begin() as conn:
-            self.counts.inputs_cleared = submissions.clear_inputs(conn, since=now - INPUT_SWEEP_WINDOW)
+        if sweep_inputs:
+            with self.engine.begin() as conn:
+                self.counts.inputs_cleared = submissions.clear_inputs(conn, since=now - INPUT_SWEEP_WINDOW)
         return error
 
 
-def enqueue_next_slice(conn: redis.Redis) -> bool:
-    """Enqueue the next slice unless one is queued already; True when this call enqueued it."""
+def enqueue_next_slice(conn: redis.Redis) -> None:
+    """Enqueue the next slice, unless one is queued already."""
     if conn.set(NEXT_SLICE_FLAG, 1, nx=True, ex=NEXT_SLICE_FLAG_TTL):
         Queue(MAINTENANCE_QUEUE, connection=conn).enqueue(reconcile, kwargs={"next_slice": True},
                                                           **RECONCILE_JOB_OPTIONS)
-        return True
-    return False
 
 
 def reconcile(now: datetime | None = None, next_slice: bool = False) -> dict:
@@ -219,7 +221,8 @@ def reconcile(now: datetime | None = None, next_slice: bool = False) -> dict:
     engine = engine_for(config.database_url)
     client = RunwareClient(config.runware_api_url, config.runware_api_key, timeout=POLL_TIMEOUT_S)
     reconciler = Reconciler(engine, client, config, SLICE_POLLS, SLICE_S)
-    error = reconciler.run(now)
+    now = now or utcnow()
+    error = reconciler.run(now, sweep_inputs=not next_slice)
     with engine.connect() as db:
         waiting = submissions.has_due_queued(db, now)
     if waiting:
