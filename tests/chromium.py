@@ -140,14 +140,14 @@ class Traffic:
             self.ended[request] = time.monotonic()
             self.in_flight -= 1
 
-    def run(self, seconds: float, delay: float = 0.0, until=None) -> None:
+    def run(self, seconds: float, delay: float = 0.0, until=None, what: str = "") -> None:
         """Let the page run for `seconds`, or until `until()` is true, sending each held request on once
-        it was held `delay` seconds; fails when `until` is never true."""
+        it was held `delay` seconds; fails when `until` is never true (saying `what` was awaited)."""
         end = time.monotonic() + seconds
         while not (until and until()):
             if time.monotonic() > end:
                 if until:
-                    raise AssertionError(f"not within {seconds} s: {until.__doc__ or until}")
+                    raise AssertionError(f"not within {seconds} s: {what}")
                 return
             self.page.wait_for_timeout(20)
             ready = [item for item in self.held if time.monotonic() - item[0] >= delay]

@@ -43,7 +43,7 @@
     again: false, // a poll was asked for while one ran: it starts when that one ends
     strikes: 0, // slow or failed polls in a row
     notBefore: 0, // the server asked not to be polled before this time (ms since the epoch)
-    updatedAt: null, // when the figures shown were generated, as the server said
+    updatedAt: null, // when the poll that drew the figures shown began
   };
 
   class AuthError extends Error {}
@@ -354,7 +354,7 @@
   }
 
   function showOutcome(failure, wait) {
-    const next = utcTime(new Date(Date.now() + wait)) + " UTC";
+    const next = utcTime(new Date(Date.now() + wait)).slice(11) + " UTC"; // the time of day
     if (!failure && state.strikes === 0) {
       showStatus("fresh", "Updated " + utcTime(state.updatedAt) + " UTC · refreshing every "
         + Math.round(POLL_MS / 1000) + " s");
