@@ -180,7 +180,7 @@ def run(ctx: Context, results: dict) -> dict:
     with redis_server(ctx.scratch("endtoend/redis")) as server:
         client = server.client()
         env = ctx.service_env(server.url, database_url)
-        with gunicorn("wsgi:app", env, scratch / "gunicorn.log") as web:
+        with gunicorn("wsgi:intake", env, scratch / "gunicorn.log") as web:
             log = open(scratch / "worker.log", "wb")
             worker = subprocess.Popen([sys.executable, "-m", "workers", "persist"], cwd=ROOT, env=env, stdout=log,
                                       stderr=subprocess.STDOUT, start_new_session=True)

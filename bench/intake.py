@@ -77,7 +77,7 @@ def _service(ctx: Context, aof: bool, database_url: str) -> dict:
     scratch = ctx.scratch("intake/redis-aof" if aof else "intake/redis-no-aof")
     with redis_server(scratch, aof=aof) as server:
         env = ctx.service_env(server.url, database_url)
-        figures = _measure(ctx, "wsgi:app", env, label, f"gunicorn-service-{'aof' if aof else 'no-aof'}.log",
+        figures = _measure(ctx, "wsgi:intake", env, label, f"gunicorn-service-{'aof' if aof else 'no-aof'}.log",
                            stream=server.client(), redis_pid=server.process.pid)
     figures["redis_aof"] = aof
     problems = []

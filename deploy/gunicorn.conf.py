@@ -1,14 +1,13 @@
 """gunicorn settings for both kinds of web process: `APP_KIND=intake|api gunicorn -c deploy/gunicorn.conf.py`.
 
 APP_KIND picks the app (`wsgi:intake`, webhook receipt; `wsgi:app`, the readers;
-an app named on the command line wins) and its defaults. The two run as separate
+an app named on the command line wins) and the process name. The two run as separate
 gunicorns so that no reader can occupy the workers that answer webhooks; nginx
 sends /webhooks/ to the intake and the rest to the api (deploy/nginx.conf).
 
 Read from the environment: APP_KIND (default api), HOST and PORT (default
 127.0.0.1:8000; the Procfile and the systemd units pass --bind instead),
-WEB_CONCURRENCY (worker processes: default 2 * cores + 1 for the intake, cores
-+ 1 for the api), LOG_LEVEL (default info).
+WEB_CONCURRENCY (worker processes, default 2 * cores + 1), LOG_LEVEL (default info).
 
 Bounded reads: the api's workers are sync, one request each, so at most
 WEB_CONCURRENCY read queries run at once per api gunicorn; each request's
@@ -51,19 +50,18 @@ from gunicorn.glogging import Logger
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import logs  # noqa: E402  (the project's JSON log format)
 
-KINDS = {"intake": ("wsgi:intake", 2 * multiprocessing.cpu_count() + 1),
-         "api": ("wsgi:app", multiprocessing.cpu_count() + 1)}
-"""APP_KIND -> the app it serves and its default number of workers."""
+KINDS = {"intake": "wsgi:intake", "api": "wsgi:app"}
+"""APP_KIND -> the app it serves."""
 
 kind = os.environ.get("APP_KIND", "api")
 if kind not in KINDS:
     raise SystemExit(f"APP_KIND must be one of {', '.join(KINDS)}, not {kind!r}")
-wsgi_app, default_workers = KINDS[kind]
+wsgi_app = KINDS[kind]
 
 # Where and how many. `sync` workers serve one request at a time and rely on the
 # buffering proxy in front (deploy/nginx.conf) to absorb slow clients.
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY") or default_workers)
+workers = int(os.environ.get("WEB_CONCURRENCY") or 2 * multiprocessing.cpu_count() + 1)
 worker_class = "sync"
 proc_name = f"captions-{kind}"
 
