@@ -162,7 +162,7 @@ def default_persist_concurrency(url: str) -> int:
 
 
 INTEGER_SETTINGS = {
-    "PORT": (1, "where gunicorn listens"),
+    "PORT": (1, "the service's port (the local nginx's under make run; a gunicorn's without --bind)"),
     "MAX_BODY_BYTES": (1, "largest webhook body"),
     "PERSIST_BATCH_SIZE": (1, "deliveries a drain writes per transaction"),
     "PERSIST_CONCURRENCY": (1, "drains that may run at once under a backlog, run as many persist workers "
