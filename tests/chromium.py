@@ -103,7 +103,6 @@ def collect_errors(page: Page) -> list[str]:
     return reported
 
 
-
 class Traffic:
     """A page's requests to paths that start with `prefix`, as the browser's network sees them.
 

@@ -299,6 +299,9 @@ def test_slow_answers_never_overlap_and_space_the_polls_out(tabs, server, engine
 STEP_MS = 250
 """How far Playwright's clock moves at a time, near the moment a poll is due, in the test of refusals."""
 
+LATE = 3 * STEP_MS / 1000
+"""How much later than due a poll may be seen (the clock's step, and the request's way to the test)."""
+
 REFUSALS = [(503, "1"), (503, "1"), (503, "30"), (429, None), (503, "1"), (503, "1")]
 """The answers to the polls of that test, in turn, before the server answers again: status, Retry-After."""
 
@@ -335,7 +338,7 @@ def test_refusals_space_the_polls_out_and_honour_retry_after(tabs, server, engin
             assert ms < 2 * cap * 1000, "no request"
             page.clock.run_for(STEP_MS)
             ms += STEP_MS
-            page.wait_for_timeout(100)
+            page.wait_for_timeout(150)
         return ms / 1000
 
     next_request(0)
@@ -357,20 +360,24 @@ def test_refusals_space_the_polls_out_and_honour_retry_after(tabs, server, engin
         expected.append(max(min(cap, POLL_SECONDS * 2 ** n), float(retry_after or 0)))
         gaps.append(next_request(expected[-1]))
     for gap, wait in zip(gaps, expected):
-        assert wait <= gap < wait * (1 + jitter) + 2 * STEP_MS / 1000, (gaps, expected)
+        assert wait <= gap < wait * (1 + jitter) + LATE, (gaps, expected)
     assert gaps[2] >= 30 > min(cap, POLL_SECONDS * 2 ** 3), "Retry-After beyond the backoff is honoured"
     assert gaps[:4] == sorted(gaps[:4]) and gaps[4] >= cap and gaps[5] < cap * (1 + jitter) + 1, gaps
 
     # The server answers again: figures are fresh, and the next poll comes after the normal interval.
     refreshed = page.evaluate("Number(document.body.dataset.refreshed)")
-    while page.evaluate("Number(document.body.dataset.refreshed)") == refreshed:
+    for _ in range(500):
+        if page.evaluate("Number(document.body.dataset.refreshed)") > refreshed:
+            break
         for _, route in traffic.held:
             route.continue_()
         traffic.held.clear()
         page.wait_for_timeout(20)
+    else:
+        raise AssertionError("no refresh once the server answered")
     assert status(page)[0] == "fresh"
     assert not page.evaluate("document.getElementById('board').classList.contains('stale')")
-    assert POLL_SECONDS <= next_request(POLL_SECONDS) < POLL_SECONDS + 2 * STEP_MS / 1000
+    assert POLL_SECONDS <= next_request(POLL_SECONDS) < POLL_SECONDS + LATE
 
 
 @pytest.mark.browser
