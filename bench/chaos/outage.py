@@ -127,13 +127,14 @@ def send(url: str, ledger: Ledger, stop: threading.Event, max_wait: float) -> No
 
 
 def label(answer: requests.Response) -> str:
-    """A refused answer's status, and for a 503 the start of its message (backpressure or Redis down)."""
+    """A refused answer's status, and for a 503 why: backpressure, or Redis unavailable."""
     if answer.status_code != 503:
         return str(answer.status_code)
     try:
-        return f"503 {answer.json()['error']['message'][:20]}"
+        message = answer.json()["error"]["message"]
     except (ValueError, KeyError, TypeError):
         return "503"
+    return "503 backpressure" if message.startswith("the queue is full") else "503 redis unavailable"
 
 
 def run(args, workdir: Path, database_url: str, progress: Progress, cleanup: ExitStack) -> dict:
@@ -188,7 +189,7 @@ def run(args, workdir: Path, database_url: str, progress: Progress, cleanup: Exi
                for _ in range(args.senders)]
     for thread in senders:
         thread.start()
-    wait_until(lambda: any(k.startswith("503 the queue is full") for k in ledger.answers), args.fill_timeout,
+    wait_until(lambda: "503 backpressure" in ledger.answers, args.fill_timeout,
                "the intake to refuse (backpressure)", interval=0.5)
     full_at = time.monotonic()
     progress(f"full after {full_at - started:.0f}s: {len(ledger.acknowledged)} acknowledged; "
