@@ -2,6 +2,13 @@
 
 - `GET /api/tasks/<taskUUID>`: one task.
 - `GET /api/tasks?status=&source=&since=&until=&q=&limit=&cursor=`: tasks, newest first, in pages.
+  `q` searches captions by word through a full-text index (`store.search`):
+  `red car` (every word), `"red car"` (a phrase: those words in that order),
+  `lightho*` (a prefix of at least 2 letters or digits), and a taskUUID or a
+  prefix of one of at least 8 hex digits also finds that task. Case does not
+  matter; punctuation separates words; nothing is stemmed. A malformed query
+  (unbalanced quote, a `*` that ends no prefix, nothing to search for, more
+  than 16 terms) is a 400 naming `q` and the problem.
 - `GET /api/stats?since=&until=`: counts, spend, deliveries and backlog for a time window.
 
 Every bad query parameter is a 400 whose JSON body names it (see `receiver.params`).

@@ -102,30 +102,17 @@ def list_tasks(
     if sources:
         conditions.append(tasks.c.source.in_(sources))
     if after is not None:
-        updated_at, task_uuid = after
-        conditions.append(sa.or_(
-            tasks.c.updated_at < updated_at,
-            sa.and_(tasks.c.updated_at == updated_at, tasks.c.task_uuid < task_uuid),
-        ))
+        conditions.append(search_query.older_than(after))
+    columns = list(PUBLIC_FIELDS.values())
     if search is None:
-        rows = _newest(conn, conditions, limit + 1)
+        rows = search_query.newest(conn, columns, conditions, limit + 1)
     else:
-        rows = _newest(conn, [*conditions, search_query.caption_matches(search, conn.dialect.name)], limit + 1)
+        rows = search_query.newest_matching(conn, search, columns, conditions, limit + 1)
         by_uuid = search_query.uuid_matches(search)
         if by_uuid is not None:  # a second query, so that each is served by its own index
-            found = {row.task_uuid: row for row in [*rows, *_newest(conn, [*conditions, by_uuid], limit + 1)]}
+            by_uuid_rows = search_query.newest(conn, columns, [*conditions, by_uuid], limit + 1)
+            found = {row.task_uuid: row for row in [*rows, *by_uuid_rows]}
             rows = sorted(found.values(), key=lambda row: (row.updated_at, row.task_uuid), reverse=True)
     page = rows[:limit]
     more = len(rows) > limit
     return [task_json(row) for row in page], ((page[-1].updated_at, page[-1].task_uuid) if more else None)
-
-
-def _newest(conn: sa.Connection, conditions: list[sa.ColumnElement], limit: int) -> list[sa.Row]:
-    """The first `limit` tasks meeting every condition, in the list's order."""
-    query = (
-        sa.select(*PUBLIC_FIELDS.values())
-        .where(*conditions)
-        .order_by(tasks.c.updated_at.desc(), tasks.c.task_uuid.desc())
-        .limit(limit)
-    )
-    return conn.execute(query).all()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import TSQUERY
@@ -31,6 +32,18 @@ from store.schema import tasks
 
 FTS_TABLE = "tasks_fts"
 """The SQLite FTS5 table indexing `tasks.text` (external content, on the tasks' rowid)."""
+
+FTS = sa.table(FTS_TABLE, sa.column("rowid"), sa.column(FTS_TABLE))
+"""The FTS5 table as SQLAlchemy sees it: its rowid, and the hidden column named like it that MATCH takes."""
+
+TASKS_ROWID = sa.literal_column("tasks.rowid", sa.Integer)
+"""SQLite's rowid of a task, which the FTS5 table is keyed on."""
+
+TEXT_FIRST_MATCHES = 2000
+"""SQLite: a query matching fewer captions has them all fetched and sorted; one matching more walks the list."""
+
+WALK_CHUNK = 2000
+"""SQLite: rows of the list's order read at a time when walking it for a common query."""
 
 MAX_TERMS = 16
 """Most words, phrases and prefixes one query may hold."""
@@ -124,13 +137,74 @@ def pg_tsquery(query: Query) -> sa.ColumnElement:
     return combined
 
 
-def caption_matches(query: Query, dialect: str) -> sa.ColumnElement:
-    """WHERE condition: the task's caption matches every term of `query`."""
-    if dialect == "postgresql":
-        return CAPTION_VECTOR.op("@@", return_type=sa.Boolean)(pg_tsquery(query))
-    fts = sa.table(FTS_TABLE, sa.column("rowid"))
-    found = sa.select(fts.c.rowid).where(sa.literal_column(FTS_TABLE).op("MATCH")(fts5_match(query)))
-    return sa.literal_column("tasks.rowid").in_(found.scalar_subquery())
+def older_than(key: tuple[datetime, str]) -> sa.ColumnElement:
+    """WHERE condition: the task comes after sort key `key` (updated_at, task_uuid) in the list's order."""
+    updated_at, task_uuid = key
+    return sa.or_(
+        tasks.c.updated_at < updated_at, sa.and_(tasks.c.updated_at == updated_at, tasks.c.task_uuid < task_uuid)
+    )
+
+
+def newest_matching(
+    conn: sa.Connection, query: Query, columns: list[sa.ColumnElement], conditions: list[sa.ColumnElement], limit: int
+) -> list[sa.Row]:
+    """The first `limit` tasks in the list's order that meet `conditions` and whose caption matches `query`.
+
+    PostgreSQL's planner picks the plan from the GIN index's statistics: the list's
+    index read in order, each caption checked, for a common query; the GIN index,
+    then a sort of the matches, for a rare one. SQLite's cannot see how many
+    captions match, so this counts them in the FTS index first (up to
+    TEXT_FIRST_MATCHES): fewer are fetched and sorted; more, and the list's order
+    is walked instead (`_walk`).
+    """
+    if conn.dialect.name == "postgresql":
+        matches = CAPTION_VECTOR.op("@@", return_type=sa.Boolean)(pg_tsquery(query))
+        return newest(conn, columns, [*conditions, matches], limit)
+    match = FTS.c[FTS_TABLE].op("MATCH")(fts5_match(query))
+    counted = sa.select(FTS.c.rowid).where(match).limit(TEXT_FIRST_MATCHES).subquery()
+    if conn.scalar(sa.select(sa.func.count()).select_from(counted)) >= TEXT_FIRST_MATCHES:
+        return _walk(conn, match, columns, conditions, limit)
+    found = sa.select(FTS.c.rowid).where(match).scalar_subquery()
+    return newest(conn, columns, [*conditions, TASKS_ROWID.in_(found)], limit)
+
+
+def _walk(
+    conn: sa.Connection, match: sa.ColumnElement, columns: list[sa.ColumnElement],
+    conditions: list[sa.ColumnElement], limit: int,
+) -> list[sa.Row]:
+    """SQLite, a common query: read the list's order WALK_CHUNK rows at a time, keep the matching ones.
+
+    Which rows of a chunk match, one FTS query tells, over the chunk's rowid range
+    (the rowids of tasks near each other in the list are mostly near each other).
+    """
+    order = (tasks.c.updated_at.desc(), tasks.c.task_uuid.desc())
+    found: list[int] = []
+    walked = list(conditions)
+    while len(found) < limit:
+        chunk = conn.execute(
+            sa.select(TASKS_ROWID, tasks.c.updated_at, tasks.c.task_uuid).where(*walked).order_by(*order)
+            .limit(WALK_CHUNK)
+        ).all()
+        if not chunk:
+            break
+        rowids = [row[0] for row in chunk]
+        hits = set(conn.scalars(sa.select(FTS.c.rowid).where(match, FTS.c.rowid.between(min(rowids), max(rowids)))))
+        found += [rowid for rowid in rowids if rowid in hits]
+        if len(chunk) < WALK_CHUNK:
+            break
+        walked = [*conditions, older_than((chunk[-1].updated_at, chunk[-1].task_uuid))]
+    return newest(conn, columns, [TASKS_ROWID.in_(found[:limit])], limit)
+
+
+def newest(
+    conn: sa.Connection, columns: list[sa.ColumnElement], conditions: list[sa.ColumnElement], limit: int
+) -> list[sa.Row]:
+    """The first `limit` tasks meeting every condition, in the list's order."""
+    query = (
+        sa.select(*columns).where(*conditions)
+        .order_by(tasks.c.updated_at.desc(), tasks.c.task_uuid.desc()).limit(limit)
+    )
+    return conn.execute(query).all()
 
 
 def uuid_matches(query: Query) -> sa.ColumnElement | None:

@@ -214,3 +214,30 @@ def test_arbitrary_text_as_q_never_fails_the_server(client, captions, q):
     assert response.status_code in (200, 400), response.json
     if response.status_code == 400:
         assert response.json["error"]["parameter"] == "q"
+
+
+@pytest.mark.parametrize("text_first, chunk", [(search.TEXT_FIRST_MATCHES, search.WALK_CHUNK), (1, 7), (1, 1000)])
+def test_both_plans_of_sqlite_give_the_same_pages(client, engine, monkeypatch, text_first, chunk):
+    """A rare query sorts its matches, a common one walks the list in chunks: both must page alike."""
+    monkeypatch.setattr(search, "TEXT_FIRST_MATCHES", text_first)
+    monkeypatch.setattr(search, "WALK_CHUNK", chunk)
+    rows = [
+        {"task_uuid": str(uuid.uuid4()), "status": ("success", "error")[n % 2], "source": "external",
+         "text": "harbour photo" if n % 5 else "mountain photo", "created_at": T0,
+         "updated_at": T0 + timedelta(seconds=(n * 7919) % 60), "delivery_count": 1, "conflict": False}
+        for n in range(120)
+    ]
+    with engine.begin() as conn:  # inserted out of the list's order, so rowids and the order disagree
+        conn.execute(tasks.insert(), rows)
+    for params, wanted in (({"q": "harbour"}, lambda r: r["text"].startswith("harbour")),
+                           ({"q": "photo", "status": "error"}, lambda r: r["status"] == "error")):
+        expected = sorted(((r["updated_at"], r["task_uuid"]) for r in rows if wanted(r)), reverse=True)
+        seen, cursor = [], None
+        while True:
+            page = {**params, "limit": 9, **({"cursor": cursor} if cursor else {})}
+            body = client.get("/api/tasks", query_string=page, headers=READ).json
+            seen += [t["taskUUID"] for t in body["tasks"]]
+            cursor = body["nextCursor"]
+            if cursor is None:
+                break
+        assert seen == [task_uuid for _, task_uuid in expected]
