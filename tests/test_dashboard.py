@@ -252,6 +252,7 @@ def is_stats(request) -> bool:
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_slow_answers_never_overlap_and_space_the_polls_out(tabs, server, engine):
     data.load(engine)
@@ -316,6 +317,7 @@ def settle(page, before: tuple[str, str]) -> None:
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_refusals_space_the_polls_out_and_honour_retry_after(tabs, server, engine, tmp_path):
     data.load(engine)
@@ -381,6 +383,7 @@ def test_refusals_space_the_polls_out_and_honour_retry_after(tabs, server, engin
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_hidden_tab_does_not_poll_and_refreshes_when_shown(tabs, server):
     page = signed_in(tabs, server)
