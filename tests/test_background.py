@@ -1,5 +1,6 @@
 """Background work never starves foreground work: a large overdue backlog is reconciled in bounded slices on the
-maintenance worker, while a new image submitted meanwhile is sent at once by the submit worker."""
+maintenance worker, while a new image submitted meanwhile is sent at once by the submit worker; the slices' progress
+is in the store, so it survives a killed worker."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import requests
 import sqlalchemy as sa
 from rq.job import Job
 from rq.registry import FinishedJobRegistry
+from rq.registry import StartedJobRegistry
 
 from store.schema import tasks
 from store.schema import utcnow
@@ -23,6 +25,8 @@ from tests.submitting import use_runware  # noqa: F401  (fixture)
 from tests.support import Service
 from tests.support import wait_for
 from workers.queues import MAINTENANCE_QUEUE
+from workers.reconcile import POLL_BATCH
+from workers.reconcile import POLL_LEASE_S
 from workers.reconcile import POLL_TIMEOUT_S
 from workers.reconcile import SLICE_POLLS
 from workers.reconcile import SLICE_S
@@ -113,3 +117,35 @@ def test_a_new_image_is_sent_at_once_while_a_large_backlog_is_reconciled_in_slic
         assert counts["timed_out"] == counts["polled"], "every task of the backlog was past its deadline"
     # Every task a slice polled was failed once, by that slice alone: the backlog shrank by their sum.
     assert BACKLOG - still_submitted(engine) == sum(job.return_value()["timed_out"] for job in slices)
+
+
+def test_reconciliation_goes_on_after_its_worker_is_killed_mid_slice(
+        config, engine, emulator, use_runware):  # noqa: F811
+    use_runware(emulator(drop_rate=1.0))
+    backlog = 5 * SLICE_POLLS
+    seed_backlog(engine, backlog)
+    conn = redis.Redis.from_url(config.redis_url)
+    running = StartedJobRegistry(MAINTENANCE_QUEUE, connection=conn)
+    worker = Service.worker("maintenance", {})
+    cron = Service.cron("workers.schedule", {"RECONCILE_INTERVAL_SECONDS": "1"})
+    worker.start()
+    cron.start()
+    try:
+        wait_for(lambda: running.count and still_submitted(engine) < backlog - POLL_BATCH, timeout=60,
+                 interval=0.1, what="a slice under way")
+        worker.kill()  # kill -9 of the worker and the slice it runs, with a batch claimed and not settled
+        left_by_the_kill = still_submitted(engine)
+        worker.start()
+        wait_for(lambda: still_submitted(engine) <= POLL_BATCH, timeout=120, interval=0.5,
+                 what="the rest of the backlog to be reconciled")
+    finally:
+        cron.stop()
+        worker.stop()
+    assert 0 < left_by_the_kill < backlog
+    # What is left is at most the batch the killed slice had claimed: leased to it, polled again once the lease ends.
+    with engine.connect() as db:
+        left = db.execute(sa.select(tasks.c.poll_attempts, tasks.c.next_poll_at)
+                          .where(tasks.c.status == "submitted")).all()
+    now = utcnow()
+    assert all(attempts == 1 and now < next_poll <= now + timedelta(seconds=POLL_LEASE_S)
+               for attempts, next_poll in left), left
