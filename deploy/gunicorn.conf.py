@@ -15,16 +15,18 @@ database work is cancelled after READ_TIMEOUT_MS (config.py, default 5 s; at
 most twice that on PostgreSQL, see store/db.py) and answered 503 with
 Retry-After, well before the 30 s worker timeout below could kill it unanswered.
 
-Webhook senders put their token in the query string (`/webhooks/runware?token=...`),
-so no log line written by gunicorn may contain a query string:
+Webhook senders put their token in the query string (`/webhooks/runware?token=...`
+or `?apiKey=...`) or in a header, so no log line written by gunicorn may contain a query string:
 
 - the access log format below uses the path alone (`%(U)s`), never the request
   line (`%(r)s`, which gunicorn's default format uses) or the query (`%(q)s`);
 - gunicorn's error log quotes the raw request line or URI when a request is
   malformed or the app raises ("Invalid HTTP request line: 'GET /x?token=...'",
   "Error handling request POST /x?token=..."), so `RedactingLogger` strips query
-  strings and `token=` values from every error and access log record, tracebacks
-  included.
+  strings, `token=` and `apiKey=` values (any case) and the values of the headers
+  that may carry the secret (`Authorization`, `X-API-Key`, a `Bearer ...`) from
+  every error and access log record, tracebacks included. The access log names
+  no header but X-Forwarded-For.
 
 Every line is one JSON object (logs.py): gunicorn's error and access logs, and
 the app's own loggers, which propagate to the root logger configured here.
@@ -108,12 +110,16 @@ loglevel = os.environ.get("LOG_LEVEL", "info")
 access_log_format = '%(h)s %(t)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms fwd=%({x-forwarded-for}i)s'
 
 _QUERY = re.compile(r"(?<=\S)\?[^\s'\"]+")
-_TOKEN = re.compile(r"(token=)[^&\s'\"]+", re.IGNORECASE)
+_TOKEN = re.compile(r"((?:token|apikey)=)[^&\s'\"]+", re.IGNORECASE)
+_SECRET_HEADER = re.compile(r"((?:authorization|x-api-key)['\"]?(?:\s*[:=,]\s*|\s+)['\"]?)[^'\"\r\n]+",
+                            re.IGNORECASE)
+_BEARER = re.compile(r"(bearer\s+)[^\s'\"]+", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """Remove query strings and `token=` values from a log message."""
-    return _TOKEN.sub(r"\1[redacted]", _QUERY.sub("?[redacted]", text))
+    """Remove query strings, `token=` and `apiKey=` values and the secret headers' values from a log message."""
+    text = _TOKEN.sub(r"\1[redacted]", _QUERY.sub("?[redacted]", text))
+    return _BEARER.sub(r"\1[redacted]", _SECRET_HEADER.sub(r"\1[redacted]", text))
 
 
 class RedactQueryStrings(logging.Filter):

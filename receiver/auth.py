@@ -1,4 +1,13 @@
-"""Token checks: constant-time, several tokens at once (for rotation), never logged."""
+"""Token checks: constant-time, several tokens at once (for rotation), never logged.
+
+The webhook secret comes in any form Runware documents for a `webhookURL`
+(`?token=your_auth_token`, `?apiKey=sk_live_abc123`) or in a header
+(`Authorization: Bearer …`, `X-API-Key: …`). A request that gives it more than
+once, in several forms or by repeating one, must give the same value every
+time: values that differ are refused with 401 rather than tried one by one, so
+that a URL carrying a wrong or stale secret never passes on the strength of
+another form, and the answer does not say which form was right.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +19,12 @@ from flask import current_app
 from flask import request
 
 from receiver.errors import error_response
+
+WEBHOOK_SECRET_PARAMETERS = frozenset({"token", "apikey"})
+"""Query parameters (by lower-case name) that carry the webhook secret: never a label, never stored or logged."""
+
+WEBHOOK_SECRET_HEADER = "X-API-Key"
+"""The header that carries the webhook secret, besides `Authorization: Bearer`."""
 
 
 def token_matches(given: str | None, tokens: tuple[str, ...]) -> bool:
@@ -27,6 +42,31 @@ def bearer_token() -> str | None:
     """The token of an `Authorization: Bearer …` header, if any."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else None
+
+
+def is_webhook_secret_parameter(name: str) -> bool:
+    """True for a query parameter carrying the webhook secret (`token`, `apiKey`, in any case)."""
+    return name.lower() in WEBHOOK_SECRET_PARAMETERS
+
+
+def webhook_secrets() -> list[str]:
+    """Every webhook secret the request gives, in every form (query parameters, Bearer, X-API-Key)."""
+    given = [value for name, value in request.args.items(multi=True) if is_webhook_secret_parameter(name)]
+    given += request.headers.getlist(WEBHOOK_SECRET_HEADER)
+    bearer = bearer_token()
+    if bearer is not None:
+        given.append(bearer)
+    return given
+
+
+def webhook_secret_problem(tokens: tuple[str, ...]) -> str | None:
+    """Why the request's webhook secret is refused (the 401's message), or None when it matches one of `tokens`."""
+    given = set(webhook_secrets())
+    if len(given) > 1:
+        return "the webhook secret is given more than once with different values"
+    if not token_matches(next(iter(given), None), tokens):
+        return "missing or invalid token"
+    return None
 
 
 def require_bearer(setting: str) -> Callable:

@@ -7,6 +7,12 @@ A signed delivery carries three headers (Standard Webhooks 1.0):
 - `webhook-signature`: space-separated `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`,
   one per secret the sender signs with (several while a secret is rotated).
 
+Svix-based senders name the same headers `svix-id`, `svix-timestamp` and
+`svix-signature` (Standard Webhooks grew out of Svix; the values are the same), and
+either set is accepted. A delivery that carries both sets must give the same three
+values in each: sets that differ are refused (SignatureError), so that no header
+a checker did not look at can carry another id, time or signature.
+
 Secrets are `whsec_` followed by the base64 of the key bytes (`config.signing_keys` decodes
 them). With WEBHOOK_SIGNING_SECRETS set,
 the webhook needs a valid signature from one of them, within WEBHOOK_SIGNATURE_TOLERANCE_SECONDS
@@ -34,6 +40,10 @@ MAX_ID_LENGTH = 256
 """Longest `webhook-id` kept with a delivery."""
 
 HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+"""The specification's header names: id, timestamp, signature."""
+
+SVIX_HEADERS = ("svix-id", "svix-timestamp", "svix-signature")
+"""The same three headers as Svix-based senders name them."""
 
 
 class SignatureError(ValueError):
@@ -46,9 +56,31 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
+def header_values(headers: Mapping[str, str], names: tuple[str, str, str]) -> tuple[str, str, str]:
+    """The stripped values of the headers `names` (empty when absent)."""
+    return tuple((headers.get(name) or "").strip() for name in names)
+
+
+def signature_headers(headers: Mapping[str, str]) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
+    """The names and values of the signature headers the delivery uses: `webhook-*`, else `svix-*`.
+
+    Raises SignatureError when it carries both sets and they differ in any value.
+    """
+    spec, svix = header_values(headers, HEADERS), header_values(headers, SVIX_HEADERS)
+    if any(spec) and any(svix) and spec != svix:
+        raise SignatureError("webhook-* and svix-* signature headers are both given and differ")
+    return (SVIX_HEADERS, svix) if any(svix) else (HEADERS, spec)
+
+
 def webhook_id(headers: Mapping[str, str]) -> str | None:
-    """The delivery's `webhook-id`, if it has a usable one."""
-    value = (headers.get("webhook-id") or "").strip()
+    """The delivery's `webhook-id` (or `svix-id`), if it has a usable one.
+
+    None when both are given and differ: neither is then trusted as the delivery's id.
+    """
+    spec_id, svix_id = header_values(headers, HEADERS)[0], header_values(headers, SVIX_HEADERS)[0]
+    if spec_id and svix_id and spec_id != svix_id:
+        return None
+    value = spec_id or svix_id
     return value if 0 < len(value) <= MAX_ID_LENGTH else None
 
 
@@ -56,23 +88,25 @@ def verify(keys: tuple[bytes, ...], headers: Mapping[str, str], body: bytes,
            tolerance: int = 300, now: float | None = None) -> None:
     """Check a delivery's Standard Webhooks signature; raise SignatureError naming what is wrong.
 
-    `headers` is looked up by lower-case name (Werkzeug's headers are case-insensitive).
+    `headers` is looked up by lower-case name (Werkzeug's headers are case-insensitive),
+    in either set of names (`signature_headers`).
     Header values arrive as latin-1 text (WSGI), so `latin-1` gives back the bytes signed.
     """
-    values = {name: (headers.get(name) or "").strip() for name in HEADERS}
-    missing = [name for name, value in values.items() if not value]
+    names, values = signature_headers(headers)
+    missing = [name for name, value in zip(names, values) if not value]
     if missing:
         raise SignatureError(f"missing signature headers: {', '.join(missing)}")
-    msg_id, stamp, signatures = values["webhook-id"], values["webhook-timestamp"], values["webhook-signature"]
+    msg_id, stamp, signatures = values
+    id_name, stamp_name, signature_name = names
     if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
-        raise SignatureError("webhook-timestamp must be an integer number of Unix seconds")
+        raise SignatureError(f"{stamp_name} must be an integer number of Unix seconds")
     now = time.time() if now is None else now
     if abs(now - int(stamp)) > tolerance:
-        raise SignatureError(f"webhook-timestamp is more than {tolerance} s away from the receiver's clock")
+        raise SignatureError(f"{stamp_name} is more than {tolerance} s away from the receiver's clock")
     try:
         signed = b"%s.%s.%s" % (msg_id.encode("latin-1"), stamp.encode(), body)
     except UnicodeEncodeError:
-        raise SignatureError("webhook-id holds characters outside latin-1") from None
+        raise SignatureError(f"{id_name} holds characters outside latin-1") from None
     expected = [hmac.new(key, signed, hashlib.sha256).digest() for key in keys]
     matched = False
     for candidate in signatures.split()[:MAX_SIGNATURES]:
@@ -86,4 +120,4 @@ def verify(keys: tuple[bytes, ...], headers: Mapping[str, str], body: bytes,
         for digest in expected:
             matched |= hmac.compare_digest(digest, given)
     if not matched:
-        raise SignatureError("no valid v1 signature in webhook-signature for the configured secrets")
+        raise SignatureError(f"no valid v1 signature in {signature_name} for the configured secrets")

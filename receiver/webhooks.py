@@ -1,5 +1,8 @@
 """`POST /webhooks/runware?token=…`: check, validate, queue durably in Redis, then answer 2xx.
 
+The secret may also come as `?apiKey=…`, `Authorization: Bearer …` or `X-API-Key`
+(receiver/auth.py); none of them is kept with the delivery.
+
 Nothing slow happens here: the body is parsed once to validate it and added,
 as received, to a Redis stream; a drain job persists it later. 2xx means the
 delivery is in Redis. When Redis cannot take it, or holds as much as it
@@ -26,7 +29,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from receiver import backpressure
 from receiver import intake_metrics as metrics
 from receiver import signatures
-from receiver.auth import token_matches
+from receiver.auth import webhook_secret_problem
 from receiver.errors import error_response
 from receiver.state import redis_client
 from receiver.state import settings
@@ -47,8 +50,9 @@ def reject(outcome: str, status: int, message: str, **extra):
 @bp.post("/webhooks/runware")
 def receive():
     config = settings()
-    if not token_matches(request.args.get("token"), config.webhook_tokens):
-        return reject("unauthorized", 401, "missing or invalid token")
+    problem = webhook_secret_problem(config.webhook_tokens)
+    if problem:
+        return reject("unauthorized", 401, problem)
     if request.mimetype != "application/json":
         return reject("unsupported_media_type", 415, "Content-Type must be application/json")
     try:
