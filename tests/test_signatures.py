@@ -176,3 +176,63 @@ def test_unsigned_senders_still_get_their_webhook_id_recorded(client, config):
     assert response.status_code == 202
     (_, fields), = redis.Redis.from_url(config.redis_url).xrange(DELIVERY_STREAM)
     assert fields[b"wid"] == b"evt_42"
+
+
+def as_svix(headers: dict[str, str]) -> dict[str, str]:
+    """The same signature headers under the names Svix-based senders use."""
+    return {name.replace("webhook-", "svix-"): value for name, value in headers.items()}
+
+
+def test_svix_header_names_verify_like_the_specification_names():
+    headers = {"svix-id": VECTOR_ID, "svix-timestamp": str(VECTOR_TIMESTAMP), "svix-signature": VECTOR_SIGNATURE}
+    keys = signing_keys(VECTOR_SECRET)
+    signatures.verify(keys, headers, VECTOR_BODY, now=VECTOR_TIMESTAMP)
+    with pytest.raises(signatures.SignatureError, match="no valid v1 signature in svix-signature"):
+        signatures.verify(keys, headers, VECTOR_BODY + b" ", now=VECTOR_TIMESTAMP)
+    with pytest.raises(signatures.SignatureError, match="svix-timestamp is more than 300 s"):
+        signatures.verify(keys, headers, VECTOR_BODY, now=VECTOR_TIMESTAMP + 301)
+    with pytest.raises(signatures.SignatureError, match="missing signature headers: svix-signature"):
+        signatures.verify(keys, {**headers, "svix-signature": ""}, VECTOR_BODY, now=VECTOR_TIMESTAMP)
+
+
+def test_both_sets_of_names_must_agree():
+    body = b'{"a": 1}'
+    spec = headers_for(NEW_SECRET, body)
+    signatures.verify(signing_keys(NEW_SECRET), {**spec, **as_svix(spec)}, body)
+    other = headers_for(NEW_SECRET, body, msg_id="msg_2")  # valid too, but another message
+    mixed = [
+        {**spec, **as_svix(other)},
+        {**spec, "svix-signature": headers_for(OLD_SECRET, body)["webhook-signature"]},
+        {"webhook-id": spec["webhook-id"], **as_svix({k: v for k, v in spec.items() if k != "webhook-id"})},
+    ]
+    for headers in mixed:
+        with pytest.raises(signatures.SignatureError, match="both given and differ"):
+            signatures.verify(signing_keys(f"{OLD_SECRET},{NEW_SECRET}"), headers, body)
+
+
+@pytest.mark.parametrize("headers, expected", [
+    ({"svix-id": "msg_svix_1"}, "msg_svix_1"),
+    ({"webhook-id": "msg_1", "svix-id": "msg_1"}, "msg_1"),
+    ({"webhook-id": "msg_1", "svix-id": "msg_2"}, None),
+    ({"webhook-id": "", "svix-id": "msg_2"}, "msg_2"),
+    ({"svix-id": "m" * 257}, None),
+])
+def test_webhook_id_reads_either_name_and_trusts_neither_when_they_differ(headers, expected):
+    assert signatures.webhook_id(headers) == expected
+
+
+def test_svix_signed_webhook_is_queued_with_its_svix_id(signed_client, config):
+    body = wrapped(success(new_uuid()))
+    response = post_signed(signed_client, body, as_svix(headers_for(NEW_SECRET, body, msg_id="msg_svix_7")))
+    assert response.status_code == 202, response.json
+    (_, fields), = redis.Redis.from_url(config.redis_url).xrange(DELIVERY_STREAM)
+    assert fields[b"wid"] == b"msg_svix_7" and fields[b"body"] == body
+
+
+def test_disagreeing_svix_and_webhook_headers_are_401_and_nothing_queued(signed_client, config):
+    body = wrapped(success(new_uuid()))
+    headers = {**headers_for(NEW_SECRET, body), **as_svix(headers_for(OLD_SECRET, body, msg_id="msg_other"))}
+    response = post_signed(signed_client, body, headers)
+    assert response.status_code == 401
+    assert "both given and differ" in response.json["error"]["message"]
+    assert redis.Redis.from_url(config.redis_url).xlen(DELIVERY_STREAM) == 0
