@@ -4,6 +4,8 @@
   intake's gunicorn are still answered in their usual time, and the reads end
   with 503 and Retry-After when READ_TIMEOUT_MS passes, not at the worker timeout.
 - SQLite: a read long because its table is big is interrupted by the progress handler.
+- PostgreSQL: statement_timeout cancels a long statement, a request's budget bounds
+  many short ones, and the write path's engine has no such limit.
 - A database outage seen by a reader is a 503 with Retry-After, not a 500.
 - The intake's process imports nothing the readers need.
 - The local nginx of `make run` routes /webhooks/ to the intake and the rest to the api.
@@ -27,6 +29,9 @@ import sqlalchemy as sa
 
 from config import Config
 from receiver import create_app
+from store.db import ReadTimeout
+from store.db import engine_for
+from store.db import reader_engine_for
 from store.schema import UTCDateTime
 from tests.conftest import TOKENS
 from tests.conftest import clear
@@ -164,6 +169,24 @@ def test_a_long_sqlite_read_is_interrupted_and_answered_503(sqlite_url, redis_ur
         error = cut.get_json()["error"]
         assert error["cause"] == "read_timeout" and "(5 ms)" in error["message"]
     assert hasty.get("/healthz").status_code == 200
+
+
+@pytest.mark.postgres
+def test_postgresql_cancels_a_long_read_and_bounds_a_request_of_many(postgres_url):
+    readers, writers = reader_engine_for(postgres_url, 300), engine_for(postgres_url)
+    started = time.monotonic()
+    with pytest.raises(ReadTimeout), readers.connect() as conn:
+        conn.execute(sa.text("SELECT pg_sleep(2)"))
+    assert time.monotonic() - started < 1.5, "statement_timeout cancelled the statement"
+    with readers.connect() as conn:
+        conn.execute(sa.text("SELECT pg_sleep(0.2)"))
+        conn.execute(sa.text("SELECT pg_sleep(0.2)"))
+        with pytest.raises(ReadTimeout):
+            conn.execute(sa.text("SELECT 1"))  # the checkout's budget is spent: refused
+    with readers.connect() as conn:
+        assert conn.execute(sa.text("SELECT 1")).scalar() == 1, "a new checkout has a budget of its own"
+    with writers.connect() as conn:
+        assert conn.execute(sa.text("SELECT pg_sleep(0.5), current_setting('statement_timeout')")).one()[1] == "0"
 
 
 @pytest.mark.postgres
