@@ -28,6 +28,7 @@ from sqlalchemy.dialects.postgresql import TSQUERY
 
 from store.schema import CAPTION_VECTOR
 from store.schema import TEXT_SEARCH_CONFIG
+from store.schema import UTCDateTime
 from store.schema import tasks
 
 FTS_TABLE = "tasks_fts"
@@ -138,11 +139,12 @@ def pg_tsquery(query: Query) -> sa.ColumnElement:
 
 
 def older_than(key: tuple[datetime, str]) -> sa.ColumnElement:
-    """WHERE condition: the task comes after sort key `key` (updated_at, task_uuid) in the list's order."""
-    updated_at, task_uuid = key
-    return sa.or_(
-        tasks.c.updated_at < updated_at, sa.and_(tasks.c.updated_at == updated_at, tasks.c.task_uuid < task_uuid)
-    )
+    """WHERE condition: the task comes after sort key `key` (updated_at, task_uuid) in the list's order.
+
+    A row-value comparison, which both databases read as a range of the list's
+    index (an OR of the two cases made SQLite scan up from `since` instead).
+    """
+    return sa.tuple_(tasks.c.updated_at, tasks.c.task_uuid) < sa.tuple_(*key, types=[UTCDateTime, sa.String])
 
 
 def newest_matching(
@@ -153,18 +155,18 @@ def newest_matching(
     PostgreSQL's planner picks the plan from the GIN index's statistics: the list's
     index read in order, each caption checked, for a common query; the GIN index,
     then a sort of the matches, for a rare one. SQLite's cannot see how many
-    captions match, so this counts them in the FTS index first (up to
-    TEXT_FIRST_MATCHES): fewer are fetched and sorted; more, and the list's order
-    is walked instead (`_walk`).
+    captions match, so this reads their rowids from the FTS index first (up to
+    TEXT_FIRST_MATCHES): fewer are looked up by rowid and sorted (given as values,
+    not a subquery, so that the planner does not walk a status index instead);
+    more, and the list's order is walked (`_walk`).
     """
     if conn.dialect.name == "postgresql":
         matches = CAPTION_VECTOR.op("@@", return_type=sa.Boolean)(pg_tsquery(query))
         return newest(conn, columns, [*conditions, matches], limit)
     match = FTS.c[FTS_TABLE].op("MATCH")(fts5_match(query))
-    counted = sa.select(FTS.c.rowid).where(match).limit(TEXT_FIRST_MATCHES).subquery()
-    if conn.scalar(sa.select(sa.func.count()).select_from(counted)) >= TEXT_FIRST_MATCHES:
+    found = conn.scalars(sa.select(FTS.c.rowid).where(match).limit(TEXT_FIRST_MATCHES)).all()
+    if len(found) == TEXT_FIRST_MATCHES:
         return _walk(conn, match, columns, conditions, limit)
-    found = sa.select(FTS.c.rowid).where(match).scalar_subquery()
     return newest(conn, columns, [*conditions, TASKS_ROWID.in_(found)], limit)
 
 

@@ -8,6 +8,9 @@ column: the drain COPYs rows shaped like every column of tasks). Both split
 words alike and neither stems nor drops stop words. The definitions are frozen
 here, as a migration must be; store.schema and store.search use the same ones.
 
+Also an index on tasks (status, updated_at, task_uuid): the task list filtered
+by a status, in its order, without reading the tasks of other statuses.
+
 Revision ID: 0005
 Revises: 0004
 """
@@ -51,9 +54,11 @@ def upgrade() -> None:
     sqlite = op.get_bind().dialect.name == 'sqlite'
     for statement in SQLITE_UPGRADE if sqlite else POSTGRESQL_UPGRADE:
         op.execute(statement)
+    op.create_index('ix_tasks_status_updated', 'tasks', ['status', 'updated_at', 'task_uuid'])
 
 
 def downgrade() -> None:
+    op.drop_index('ix_tasks_status_updated', table_name='tasks')
     sqlite = op.get_bind().dialect.name == 'sqlite'
     for statement in SQLITE_DOWNGRADE if sqlite else POSTGRESQL_DOWNGRADE:
         op.execute(statement)
