@@ -92,6 +92,7 @@ CAPTION_VECTOR = sa.func.to_tsvector(TEXT_SEARCH_CONFIG, sa.func.coalesce(tasks.
 tasks.append_constraint(
     sa.Index("ix_tasks_text_search", CAPTION_VECTOR, postgresql_using="gin").ddl_if(dialect="postgresql")
 )
+sa.Index("ix_tasks_status_updated", tasks.c.status, tasks.c.updated_at, tasks.c.task_uuid)  # the list by status
 
 deliveries = sa.Table(
     "deliveries",
