@@ -10,8 +10,8 @@ A signed delivery carries three headers (Standard Webhooks 1.0):
 Svix-based senders name the same headers `svix-id`, `svix-timestamp` and
 `svix-signature` (Standard Webhooks grew out of Svix; the values are the same), and
 either set is accepted. A delivery that carries both sets must give the same three
-values in each: sets that differ are refused (SignatureError), so that no header
-a checker did not look at can carry another id, time or signature.
+values in each: sets that differ are refused (SignatureError), so that a delivery
+cannot show the check one id, time or signature and whatever reads the other set another.
 
 Secrets are `whsec_` followed by the base64 of the key bytes (`config.signing_keys` decodes
 them). With WEBHOOK_SIGNING_SECRETS set,
@@ -62,7 +62,7 @@ def header_values(headers: Mapping[str, str], names: tuple[str, str, str]) -> tu
 
 
 def signature_headers(headers: Mapping[str, str]) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
-    """The names and values of the signature headers the delivery uses: `webhook-*`, else `svix-*`.
+    """The names and values of the signature headers the delivery uses: `svix-*` when given, else `webhook-*`.
 
     Raises SignatureError when it carries both sets and they differ in any value.
     """
