@@ -210,15 +210,15 @@ def test_both_sets_of_names_must_agree():
             signatures.verify(signing_keys(f"{OLD_SECRET},{NEW_SECRET}"), headers, body)
 
 
-@pytest.mark.parametrize("headers, expected", [
-    ({"svix-id": "msg_svix_1"}, "msg_svix_1"),
-    ({"webhook-id": "msg_1", "svix-id": "msg_1"}, "msg_1"),
-    ({"webhook-id": "msg_1", "svix-id": "msg_2"}, None),
-    ({"webhook-id": "", "svix-id": "msg_2"}, "msg_2"),
-    ({"svix-id": "m" * 257}, None),
-])
-def test_webhook_id_reads_either_name_and_trusts_neither_when_they_differ(headers, expected):
-    assert signatures.webhook_id(headers) == expected
+def test_webhook_id_reads_either_name_and_trusts_neither_when_they_differ():
+    cases = [
+        ({"svix-id": "msg_svix_1"}, "msg_svix_1"),
+        ({"webhook-id": "msg_1", "svix-id": "msg_1"}, "msg_1"),
+        ({"webhook-id": "msg_1", "svix-id": "msg_2"}, None),
+        ({"webhook-id": "", "svix-id": "msg_2"}, "msg_2"),
+        ({"svix-id": "m" * 257}, None),
+    ]
+    assert [signatures.webhook_id(headers) for headers, _ in cases] == [expected for _, expected in cases]
 
 
 def test_svix_signed_webhook_is_queued_with_its_svix_id(signed_client, config):
