@@ -216,11 +216,16 @@ def test_arbitrary_text_as_q_never_fails_the_server(client, captions, q):
         assert response.json["error"]["parameter"] == "q"
 
 
-@pytest.mark.parametrize("text_first, chunk", [(search.TEXT_FIRST_MATCHES, search.WALK_CHUNK), (1, 7), (1, 1000)])
-def test_both_plans_of_sqlite_give_the_same_pages(client, engine, monkeypatch, text_first, chunk):
-    """A rare query sorts its matches, a common one walks the list in chunks: both must page alike."""
+@pytest.mark.parametrize("text_first, chunk, text_first_pg", [
+    (search.TEXT_FIRST_MATCHES, search.WALK_CHUNK, search.TEXT_FIRST_MATCHES_PG),
+    (1, 7, 0),
+    (1, 1000, 10**9),
+])
+def test_every_plan_gives_the_same_pages(client, engine, monkeypatch, text_first, chunk, text_first_pg):
+    """A rare query sorts its matches; a common one walks the list (SQLite: in chunks): all must page alike."""
     monkeypatch.setattr(search, "TEXT_FIRST_MATCHES", text_first)
     monkeypatch.setattr(search, "WALK_CHUNK", chunk)
+    monkeypatch.setattr(search, "TEXT_FIRST_MATCHES_PG", text_first_pg)
     rows = [
         {"task_uuid": str(uuid.uuid4()), "status": ("success", "error")[n % 2], "source": "external",
          "text": "harbour photo" if n % 5 else "mountain photo", "created_at": T0,
