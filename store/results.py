@@ -192,11 +192,10 @@ def _run(conn: sa.Connection, statement: str, rounds: list[list[dict]]) -> None:
             _copy(conn, deliveries, rows)
     else:
         conn.execute(sa.schema.CreateTable(STAGING, if_not_exists=True))
-        for n, rows in enumerate(rounds):
-            if n:
-                conn.execute(STAGING.delete())
+        for rows in rounds:
             _copy(conn, STAGING, rows)
             conn.exec_driver_sql(_sql("merge staged", dialect, tuple(rows[0])))
+            conn.execute(STAGING.delete())  # emptied at once: the transaction may merge again before it commits
 
 
 def _db_values(conn: sa.Connection):

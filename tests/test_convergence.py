@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from store.results import Delivery
 from store.results import Result
+from store.results import apply_results
 from store.results import save_deliveries
 from store.schema import deliveries as log_table
 from store.schema import tasks
@@ -146,3 +147,18 @@ def test_a_rolled_back_batch_does_not_break_the_next(engine):
         stored = set(conn.scalars(sa.select(tasks.c.task_uuid).where(
             tasks.c.task_uuid.in_([first.task_uuid, second.task_uuid]))))
     assert stored == {second.task_uuid}
+
+
+def test_two_merges_in_one_transaction_each_store_their_own_rows(engine):
+    """A transaction may merge twice (a reconcile stores found results, then timeouts): the second merge
+    sees none of the first one's staged rows (on PostgreSQL they stay in the staging table until commit)."""
+    at = datetime(2026, 3, 4, tzinfo=UTC)
+    first, second = (Result(str(uuid.uuid4()), "success", at, text=f"t{n}", cost=Decimal("0.002"))
+                     for n in range(2))
+    with engine.begin() as conn:
+        apply_results(conn, [first])
+        apply_results(conn, [second])
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(tasks.c.task_uuid, tasks.c.text, tasks.c.delivery_count).where(
+            tasks.c.task_uuid.in_([first.task_uuid, second.task_uuid]))).all()
+    assert sorted(rows) == sorted([(first.task_uuid, "t0", 1), (second.task_uuid, "t1", 1)])
