@@ -28,6 +28,9 @@ from receiver.backpressure import RETRY_AFTER_STALLED_S
 from store.schema import deliveries
 from store.schema import tasks
 from store.schema import utcnow
+from tests.chromium import new_tab
+from tests.chromium import open_tabs
+from tests.chromium import wait_until as page_wait
 from tests.conftest import TOKENS
 from tests.conftest import clear
 from tests.helpers import new_uuid
@@ -352,4 +355,33 @@ def test_the_gate_closes_at_the_high_water_mark_and_opens_only_below_the_low_one
         assert ("captions_intake_seconds_to_full", ()) in found
         assert found[("captions_webhook_requests_total", (("outcome", "backpressure"),))] >= len(retry_afters) + 1
     finally:
+        conn.config_set("maxmemory", "0")
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.timeout(120)
+def test_the_dashboard_shows_the_intake_refusing_then_accepting(config, redis_url):
+    env = environment(redis_url, config.database_url)
+    conn = redis.Redis.from_url(redis_url)
+    prefill(conn, 2000)
+    bound = int(conn.info("memory")["used_memory"] / 0.85)
+    conn.config_set("maxmemory", str(bound))
+    server = Gunicorn(env, workers=1, kind="api")
+    try:
+        server.start()
+        with open_tabs() as tabs:
+            page = new_tab(tabs)
+            page.goto(server.url + "/dashboard")
+            page.fill("#token", "read-token")
+            page.click("#login-form button[type=submit]")
+            page_wait(page, "(document.getElementById('intake-state') || {}).textContent?.startsWith('refused')")
+            memory = page.text_content("#intake-memory")
+            assert "/" in memory and "refused from 80%" in memory, memory
+            assert page.text_content("#intake-backlog").startswith("2,000")
+            conn.xtrim(DELIVERY_STREAM, maxlen=0)
+            page_wait(page, "document.getElementById('intake-state').textContent === 'accepting'", timeout=30_000)
+            assert page.text_content("#intake-backlog") == "0"
+    finally:
+        server.stop()
         conn.config_set("maxmemory", "0")
