@@ -8,7 +8,7 @@ Everything is private to the run, in a scratch folder:
   with `--database sqlite`);
 - the intake's and the api's gunicorn with `deploy/gunicorn.conf.py`; their workers are killed and
   their masters replace them;
-- persist and submit workers (`python -m workers persist|submit`) and the cron process
+- persist, submit and maintenance workers (`python -m workers persist|submit|maintenance`) and the cron process
   (`python -m workers cron`: reconcile, the drain sweep, retention), each started again a moment
   after it dies, as systemd's `Restart=always` would;
 - the Runware emulator with its faults on: duplicate and reordered webhooks, failed webhook

@@ -149,12 +149,13 @@ class Stack:
               for i in range(args.persist_workers)),
             *(Service(f"submit-{i}", [python, "-m", "workers", "submit"], env, self.logs)
               for i in range(args.submit_workers)),
+            Service("maintenance-0", [python, "-m", "workers", "maintenance"], env, self.logs),
             Service("cron", [python, "-m", "workers", "cron"], env, self.logs),
         ]
         for service in self.services:
             service.start()
         self.progress(f"gunicorn intake and api ({args.web_workers} workers each), {args.persist_workers} persist and "
-                      f"{args.submit_workers} submit workers, cron, emulator with faults")
+                      f"{args.submit_workers} submit workers, a maintenance worker, cron, emulator with faults")
         threading.Thread(target=self._supervise, daemon=True).start()
 
     def _emulator_answers(self) -> bool:
