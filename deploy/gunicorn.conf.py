@@ -7,7 +7,8 @@ sends /webhooks/ to the intake and the rest to the api (deploy/nginx.conf).
 
 Read from the environment: APP_KIND (default api), HOST and PORT (default
 127.0.0.1:8000; the Procfile and the systemd units pass --bind instead),
-WEB_CONCURRENCY (worker processes, default 2 * cores + 1), LOG_LEVEL (default info).
+WEB_CONCURRENCY (worker processes, default 2 * cores + 1), LOG_LEVEL (default info),
+API_NICE (the api workers' CPU niceness, default 10).
 
 Bounded reads: the api's workers are sync, one request each, so at most
 WEB_CONCURRENCY read queries run at once per api gunicorn; each request's
@@ -66,6 +67,11 @@ bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY") or 2 * multiprocessing.cpu_count() + 1)
 worker_class = "sync"
 proc_name = f"captions-{kind}"
+
+# Readers yield the CPU to webhook receipt: on a host both share, a busy api worker
+# at niceness 10 gets about a tenth of the time of a busy intake worker (API_NICE,
+# default 10; 0 turns it off). Their work inside PostgreSQL is not affected.
+api_nice = int(os.environ.get("API_NICE", "10"))
 
 # Time limits. A webhook request only validates and queues, and a reader's
 # database work is cancelled after READ_TIMEOUT_MS, so 30 s is generous for both.
@@ -160,6 +166,11 @@ os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 def on_starting(server):
     if _private_metrics_dir:
         server.log.warning("PROMETHEUS_MULTIPROC_DIR is not set: /metrics shows the web workers' counters only")
+
+
+def post_fork(server, worker):
+    if kind == "api" and api_nice:
+        os.nice(api_nice)
 
 
 def child_exit(server, worker):

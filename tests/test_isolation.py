@@ -294,3 +294,15 @@ def test_the_local_nginx_gives_one_url_for_the_intake_and_the_api(config, tmp_pa
     assert '"POST /webhooks/runware\\" 202' in intake_log and "fwd=127.0.0.1" in intake_log
     assert '"GET /api/stats\\" 200' in api_log and '"GET /dashboard\\" 200' in api_log
     assert "/api/stats" not in intake_log and "POST /webhooks/runware\\\" 202" not in api_log
+
+
+def test_api_workers_yield_the_cpu_to_the_intake_workers(sqlite_url, redis_url):
+    """The api's workers run at API_NICE (10) above the intake's, so a busy reader cannot take a webhook's core."""
+    servers = WebServers(env_for(redis_url, sqlite_url), workers=1).start()
+    try:
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        intake = [os.getpriority(os.PRIO_PROCESS, pid) for pid in servers.intake.worker_pids()]
+        api = [os.getpriority(os.PRIO_PROCESS, pid) for pid in servers.api.worker_pids()]
+    finally:
+        servers.stop()
+    assert intake == [base] and api == [min(base + 10, 19)]
