@@ -324,3 +324,18 @@ def test_kill_9_of_a_gunicorn_worker_mid_request(moment, web, redis_url, sqlite_
     assert (row["status"], row["text"], float(row["cost"])) == ("success", "a harbour at night", 0.0021)
     assert row["delivery_count"] == len(logged) == queued_before_retry + 1
     assert all(d["size"] == len(body) and d["outcome"] == "stored" for d in logged), "no delivery is half-stored"
+
+
+@pytest.mark.parametrize("queue", ["persist", "submit", "maintenance"])
+def test_an_idle_worker_stops_at_once_on_sigterm(queue, env):
+    """SIGTERM to a worker waiting for a job ends it (exit 0) within seconds, not when a supervisor's patience ends."""
+    worker = Service.worker(queue, env).start()
+    try:
+        conn = redis.Redis.from_url(env["REDIS_URL"])
+        wait_for(lambda: conn.smembers(f"rq:workers:{queue}"), timeout=30, what=f"the {queue} worker to register")
+        started = time.monotonic()
+        worker.process.send_signal(signal.SIGTERM)
+        code = worker.process.wait(timeout=25)
+        assert (code, time.monotonic() - started < 10) == (0, True), worker.output()[-2000:]
+    finally:
+        worker.stop()

@@ -76,7 +76,7 @@ def serve(conn: redis.Redis, config: Config, args: argparse.Namespace) -> int:
     job's bookkeeping, its registries, all in MULTI) a lost connection, Redis over its
     `maxmemory` (OOM) or a read-only replica during a failover makes it log "found an
     unhandled exception, quitting" and return. So unless a stop was asked for (RQ's
-    signal handler recorded it), the queue is served again after a backoff; the persist
+    signal handler recorded when, busy or idle), the queue is served again after a backoff; the persist
     worker meanwhile drains in its own process (workers.persist.drain_in_process), which
     frees memory when Redis refuses RQ even the dequeue.
     """
@@ -92,7 +92,7 @@ def serve(conn: redis.Redis, config: Config, args: argparse.Namespace) -> int:
             if args.burst:
                 raise
             reason = type(exc).__name__
-        if args.burst or (worker is not None and worker._stop_requested):
+        if args.burst or (worker is not None and worker._shutdown_requested_date is not None):
             return 0
         if time.monotonic() - started > HEALTHY_AFTER_S:
             delay = REDIS_RETRY_S
