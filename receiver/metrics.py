@@ -51,11 +51,15 @@ from receiver.state import settings
 from store import stats
 from workers.queues import DELIVERY_GROUP
 from workers.queues import DELIVERY_STREAM
+from workers.queues import MAINTENANCE_QUEUE
 from workers.queues import PERSIST_QUEUE
 from workers.queues import SUBMIT_QUEUE
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
+
+RQ_QUEUES = (PERSIST_QUEUE, SUBMIT_QUEUE, MAINTENANCE_QUEUE)
+"""The RQ queues whose waiting jobs `/metrics` counts."""
 
 SPEND_CACHE_SECONDS = 15.0
 """How long a scrape reuses the spend summed from the store."""
@@ -105,7 +109,7 @@ class ServiceCollector:
             pipe.xlen(DELIVERY_STREAM)
             pipe.xrange(DELIVERY_STREAM, count=1)
             pipe.xpending(DELIVERY_STREAM, DELIVERY_GROUP)
-            for name in (PERSIST_QUEUE, SUBMIT_QUEUE):
+            for name in RQ_QUEUES:
                 pipe.llen(Queue.redis_queue_namespace_prefix + name)
             depth, oldest, pending, *jobs = pipe.execute(raise_on_error=False)
         except redis.RedisError as exc:
@@ -124,7 +128,7 @@ class ServiceCollector:
         yield GaugeMetricFamily("captions_queue_in_flight",
                                 "Deliveries read by a drain job but not yet acknowledged", value=in_flight)
         queued = GaugeMetricFamily("captions_rq_queued_jobs", "Jobs waiting in an RQ queue", labels=["queue"])
-        for name, count in zip((PERSIST_QUEUE, SUBMIT_QUEUE), jobs):
+        for name, count in zip(RQ_QUEUES, jobs):
             queued.add_metric([name], count if isinstance(count, int) else 0)
         yield queued
         yield from backpressure.gauges(backpressure.gate().status())

@@ -104,6 +104,7 @@ def test_queue_gauges_and_spend_are_read_at_scrape_time(client, config):
     assert queued[("captions_queue_depth", ())] == 3
     assert 0 <= queued[("captions_oldest_pending_seconds", ())] < 60
     assert queued[("captions_rq_queued_jobs", (("queue", "persist"),))] == 1
+    assert queued[("captions_rq_queued_jobs", (("queue", "maintenance"),))] == 0
 
     run_worker(config.redis_url, PERSIST_QUEUE)
     drained = scrape(client)
