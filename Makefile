@@ -27,15 +27,21 @@ $(STAMP): requirements.txt requirements-test.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	touch $@
 
-run: venv ## run the whole stack locally behind one URL (private Redis and nginx, intake, api, workers, cron, emulator)
-	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+# $(call debian_package,COMMAND,PACKAGE,TARGET,WHAT WITHOUT IT): install Debian's PACKAGE when COMMAND is
+# on neither PATH nor /usr/sbin, where we are root with apt-get; otherwise say what TARGET does without it.
+define debian_package
+	@command -v $(1) >/dev/null 2>&1 || test -x /usr/sbin/$(1) || { \
 		if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "run: installing nginx (the local front: one URL for the intake and the api)"; \
+			echo "$(3): installing $(2)"; \
 			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2); \
 		else \
-			echo "run: nginx is missing and cannot be installed (needs root and apt-get): two URLs, no front" >&2; \
+			echo "$(3): $(2) is missing and cannot be installed (needs root and apt-get): $(4)" >&2; \
 		fi; }
+endef
+
+run: venv ## run the whole stack locally behind one URL (private Redis and nginx, intake, api, workers, cron, emulator)
+	$(call debian_package,nginx,nginx,run,two URLs and no front)
 	$(BIN)/python deploy/launch.py
 
 test: venv ## run the test suite; pass options with PYTEST_ARGS='-k webhook -x'
@@ -55,14 +61,7 @@ clean: ## remove .venv and caches (var/ with its data and secrets is kept)
 .PHONY: bench
 BENCH_ARGS ?=
 bench: venv ## run the benchmark suite (bench/README.md); BENCH_ARGS='--quick' or '--only intake,drain'
-	@command -v wrk >/dev/null 2>&1 || { \
-		if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "bench: installing wrk"; \
-			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; \
-		else \
-			echo "bench: wrk is missing and cannot be installed (needs root and apt-get)" >&2; \
-		fi; }
+	$(call debian_package,wrk,wrk,bench,no intake figures)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 .PHONY: chaos
