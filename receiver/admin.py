@@ -33,6 +33,7 @@ from receiver.auth import token_matches
 from receiver.errors import error_response
 from receiver.state import engine
 from receiver.state import settings
+from receiver.state import writer_engine
 from workers import maintenance
 
 bp = Blueprint("admin", __name__, url_prefix="/api")
@@ -110,7 +111,7 @@ def replay_letters():
         selection = parse_replay(request.get_json(silent=True))
     except BadRequest as exc:
         return error_response(400, str(exc))
-    report = maintenance.replay_dead_letters(engine(), **selection)
+    report = maintenance.replay_dead_letters(writer_engine(), **selection)
     return jsonify(report.as_json())
 
 
@@ -152,8 +153,8 @@ def replay_command(ids, since, until, everything):
         raise click.UsageError("give exactly one of: --id, --since/--until, --all")
     failed = 0
     while True:
-        report = maintenance.replay_dead_letters(engine(), ids=list(ids) or None, since=_cli_time(since, "since"),
-                                                 until=_cli_time(until, "until"))
+        report = maintenance.replay_dead_letters(writer_engine(), ids=list(ids) or None,
+                                                 since=_cli_time(since, "since"), until=_cli_time(until, "until"))
         for letter in report.failed:
             click.echo(f"dead letter {letter['id']} refused again: {letter['reason']}", err=True)
         failed += len(report.failed)

@@ -31,9 +31,9 @@ from receiver import images
 from receiver.api import task_response
 from receiver.auth import require_bearer
 from receiver.errors import error_response
-from receiver.state import engine
 from receiver.state import redis_client
 from receiver.state import settings
+from receiver.state import writer_engine
 from store import submissions
 from store.submissions import NewTask
 from workers.payloads import UUID_RE
@@ -127,7 +127,7 @@ def store_and_submit(new: list[NewTask]) -> bool:
     The tasks are safe once stored: should Redis be down, the reconcile job
     enqueues a submit job for them later.
     """
-    with engine().begin() as conn:
+    with writer_engine().begin() as conn:
         submissions.queue_tasks(conn, new)
     try:
         want_submit(redis_client())

@@ -39,6 +39,7 @@ from tests.helpers import WEBHOOK
 from tests.helpers import new_uuid
 from tests.helpers import success
 from tests.helpers import wrapped
+from tests.submitting import data_uri
 from tests.support import ROOT
 from tests.support import Service
 from tests.support import TcpProxy
@@ -306,3 +307,22 @@ def test_api_workers_yield_the_cpu_to_the_intake_workers(sqlite_url, redis_url):
     finally:
         servers.stop()
     assert intake == [base] and api == [min(base + 10, 19)]
+
+
+def test_a_submission_waits_for_the_write_lock_beyond_the_read_timeout(sqlite_url, redis_url, monkeypatch):
+    """The api's writes (queued submissions) take the write path's patience, not READ_TIMEOUT_MS: a drain holding
+    SQLite's write lock longer than the read timeout delays a submission, it does not refuse it."""
+    clear(sqlite_url)
+    for key, value in env_for(redis_url, sqlite_url).items():
+        monkeypatch.setenv(key, value)
+    client = create_app(Config.from_env({**os.environ, "READ_TIMEOUT_MS": "200"})).test_client()
+    holder = sa.create_engine(sqlite_url, isolation_level="AUTOCOMMIT", connect_args={"check_same_thread": False})
+    with holder.connect() as conn:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, as a drain's transaction holds it
+        release = threading.Timer(1.0, lambda: conn.exec_driver_sql("COMMIT"))
+        release.start()
+        response = client.post("/api/captions", json={"images": [data_uri()]},
+                               headers={"Authorization": f"Bearer {TOKENS['SUBMIT_TOKENS']}"})
+        release.join()
+    holder.dispose()
+    assert response.status_code == 202, response.get_json()
