@@ -69,6 +69,18 @@ def found(client, **params) -> list[str]:
     return [names.get(t["taskUUID"], t["taskUUID"]) for t in response.json["tasks"]]
 
 
+def every_page(client, **params) -> list[str]:
+    """The taskUUIDs of every page of a listing, following `nextCursor` to the end."""
+    seen, cursor = [], None
+    while True:
+        page = {**params, **({"cursor": cursor} if cursor else {})}
+        body = client.get("/api/tasks", query_string=page, headers=READ).json
+        seen += [t["taskUUID"] for t in body["tasks"]]
+        cursor = body["nextCursor"]
+        if cursor is None:
+            return seen
+
+
 def refused(client, q: str) -> str:
     """The 400's message for search `q` (which must name the parameter)."""
     response = client.get("/api/tasks", query_string={"q": q}, headers=READ)
@@ -124,15 +136,7 @@ def test_cursor_pages_through_a_search_give_every_match_once_in_order(client, en
     with engine.begin() as conn:
         conn.execute(tasks.insert(), rows)
     expected = sorted(((r["updated_at"], r["task_uuid"]) for r in rows if "harbour" in r["text"]), reverse=True)
-    seen, cursor = [], None
-    while True:
-        params = {"q": "harbour photo", "limit": limit, **({"cursor": cursor} if cursor else {})}
-        body = client.get("/api/tasks", query_string=params, headers=READ).json
-        seen += [t["taskUUID"] for t in body["tasks"]]
-        cursor = body["nextCursor"]
-        if cursor is None:
-            break
-    assert seen == [task_uuid for _, task_uuid in expected]
+    assert every_page(client, q="harbour photo", limit=limit) == [task_uuid for _, task_uuid in expected]
 
 
 @pytest.mark.parametrize("q, names", [
@@ -237,12 +241,4 @@ def test_every_plan_gives_the_same_pages(client, engine, monkeypatch, text_first
     for params, wanted in (({"q": "harbour"}, lambda r: r["text"].startswith("harbour")),
                            ({"q": "photo", "status": "error"}, lambda r: r["status"] == "error")):
         expected = sorted(((r["updated_at"], r["task_uuid"]) for r in rows if wanted(r)), reverse=True)
-        seen, cursor = [], None
-        while True:
-            page = {**params, "limit": 9, **({"cursor": cursor} if cursor else {})}
-            body = client.get("/api/tasks", query_string=page, headers=READ).json
-            seen += [t["taskUUID"] for t in body["tasks"]]
-            cursor = body["nextCursor"]
-            if cursor is None:
-                break
-        assert seen == [task_uuid for _, task_uuid in expected]
+        assert every_page(client, **params, limit=9) == [task_uuid for _, task_uuid in expected]
