@@ -323,8 +323,11 @@ def test_refusals_space_the_polls_out_and_honour_retry_after(tabs, server, engin
     data.load(engine)
     cap, jitter = script_constant("MAX_BACKOFF_MS") / 1000, script_constant("BACKOFF_JITTER")
     page = signed_in(tabs, server, clock=True)
+    polls = page.evaluate("Number(document.body.dataset.refreshed || 0)")
     page.select_option("#range", "all")
     wait_until(page, "document.getElementById('count-total').textContent === '9'")
+    # The whole poll ends (every panel drawn) before requests are held: the first one held opens the next poll.
+    wait_until(page, f"Number(document.body.dataset.refreshed || 0) > {polls}")
     traffic = Traffic(page, hold=True)
     page.clock.pause_at(page.evaluate("Date.now()") / 1000 + 1)  # in seconds; a moment ahead
 
