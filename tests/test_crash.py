@@ -332,7 +332,11 @@ def test_an_idle_worker_stops_at_once_on_sigterm(queue, env):
     worker = Service.worker(queue, env).start()
     try:
         conn = redis.Redis.from_url(env["REDIS_URL"])
-        wait_for(lambda: conn.smembers(f"rq:workers:{queue}"), timeout=30, what=f"the {queue} worker to register")
+
+        def idle() -> bool:  # RQ registers a worker before it installs its signal handlers: wait until it waits
+            return any(conn.hget(key, "state") == b"idle" for key in conn.smembers(f"rq:workers:{queue}"))
+
+        wait_for(idle, timeout=30, what=f"the {queue} worker to wait for a job")
         started = time.monotonic()
         worker.process.send_signal(signal.SIGTERM)
         code = worker.process.wait(timeout=25)
