@@ -18,7 +18,8 @@ ABSENT_WORD in none. Costs have 10 decimal places.
 
 A seeded store is kept under var/bench/readers/ (a SQLite file; for PostgreSQL a
 database of its own at DATABASE_TEST_URL's server), keyed by N, the migration
-head and a digest of the migrations, and reused unless a reseed is asked for. A
+revision and a digest of the migrations, and reused unless a reseed is asked for
+(a store seeded at an earlier revision is kept too, and copied for each head). A
 marker file written once seeding has finished records the seeding's figures and
 its end time (the "now" the benchmark's windows are measured from).
 """
@@ -30,6 +31,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import sys
 import time
 import uuid
@@ -88,6 +90,9 @@ RARE_EVERY = 100_000
 MODELS = ("runware:150@2", "runware:151@1", "runware:152@1", "florence-2-large")
 """Models named in the seeded results."""
 
+SEED_CACHE_MIB = 2048
+"""SQLite page cache while seeding: the indexes of a store of millions stay in memory."""
+
 PROGRESS_EVERY_S = 5.0
 """Seconds between two progress lines while seeding."""
 
@@ -132,6 +137,11 @@ class Seeded:
                 "upgrade_seconds": self.upgrade_seconds,
                 "deliveries_per_s": round(self.deliveries / self.seconds) if self.seconds else None,
                 "tasks_per_s": round(self.tasks / self.seconds) if self.seconds else None}
+
+    @classmethod
+    def from_json(cls, store: str, url: str, marker: dict) -> Seeded:
+        return cls(store, url, marker["tasks"], marker["deliveries"], datetime.fromisoformat(marker["ended_at"]),
+                   marker["seed_seconds"], True, marker.get("seeded_at_revision"), marker.get("upgrade_seconds"))
 
 
 # --- the store's clock ---------------------------------------------------------------------------
@@ -251,7 +261,7 @@ def write(url: str, n: int, progress) -> tuple[int, float, datetime]:
     """Seed `n` tasks into the migrated, empty store at `url`; returns (deliveries, seconds, end time)."""
     ended_at = datetime.now(UTC).replace(microsecond=0)
     generator = Generator(n, ended_at)
-    engine = create_engine(url)
+    engine = create_engine(url, sqlite_cache_mib=SEED_CACHE_MIB)
     written, started, shown = 0, time.monotonic(), time.monotonic()
     try:
         with store_clock() as clock:
@@ -279,18 +289,19 @@ def write(url: str, n: int, progress) -> tuple[int, float, datetime]:
 # --- keeping seeded stores -----------------------------------------------------------------------
 
 
-def store_key(n: int) -> str:
-    """N, the migration head and a digest of the migrations and of SEED_VERSION."""
+def store_key(n: int, up_to: str | None = None) -> str:
+    """N, the migration revision and a digest of the migrations up to it (all: the head) and of SEED_VERSION."""
     from alembic.script import ScriptDirectory
 
     from store.migrate import MIGRATIONS
     from store.migrate import alembic_config
 
-    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    revision = up_to or ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
     digest = hashlib.sha256(str(SEED_VERSION).encode())
     for path in sorted((MIGRATIONS / "versions").glob("*.py")):
-        digest.update(path.read_bytes())
-    return f"{n}_{head}_{digest.hexdigest()[:8]}"
+        if path.name[:len(revision)] <= revision:
+            digest.update(path.read_bytes())
+    return f"{n}_{revision}_{digest.hexdigest()[:8]}"
 
 
 def _marker(cache: Path, name: str) -> dict | None:
@@ -304,69 +315,121 @@ def _pg_admin() -> sa.Engine:
     return sa.create_engine(database_url(PG_SERVER_URL), isolation_level="AUTOCOMMIT")
 
 
-def _pg_exists(admin: sa.Engine, name: str) -> bool:
-    with admin.connect() as conn:
-        return conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}).first() \
-            is not None
-
-
-def _pg_run(admin: sa.Engine, statement: str, name: str) -> None:
-    """CREATE or DROP the database `name` (an identifier, quoted by psycopg)."""
+def _pg_run(admin: sa.Engine, statement: str, *names: str) -> None:
+    """CREATE or DROP databases `names` (identifiers, quoted by psycopg)."""
     from psycopg import sql as psycopg_sql
 
     with admin.connect() as conn:
-        conn.connection.driver_connection.execute(psycopg_sql.SQL(statement).format(psycopg_sql.Identifier(name)))
+        conn.connection.driver_connection.execute(
+            psycopg_sql.SQL(statement).format(*map(psycopg_sql.Identifier, names)))
 
 
-def prepare(store: str, n: int, cache: Path, reseed: bool, progress, seed_at: str | None = None) -> Seeded:
-    """A store of `n` tasks (`sqlite` or `postgres`): the kept one if complete, else seeded anew.
+class Location:
+    """Where the seeded stores of one kind live: SQLite files under the cache folder, or PostgreSQL databases."""
 
-    With `seed_at`, the store is seeded at that migration revision and then
-    upgraded to the head (whose migrations build what they add from the rows):
-    quicker where the head's triggers make every write dearer.
-    """
-    from config import database_url
-    from store.migrate import upgrade
+    def __init__(self, store: str, cache: Path):
+        self.store, self.cache = store, cache
+        cache.mkdir(parents=True, exist_ok=True)
 
-    cache.mkdir(parents=True, exist_ok=True)
-    name = f"readers_{store}_{store_key(n)}" + (f"_at{seed_at}" if seed_at else "")
-    marker = None if reseed else _marker(cache, name)
-    if store == "sqlite":
-        path = cache / f"{name}.db"
-        url = f"sqlite:///{path}"
-        if marker is None:
-            for leftover in cache.glob(f"{name}.db*"):
-                leftover.unlink()
-    else:
+    def url(self, name: str) -> str:
+        from config import database_url
+
+        if self.store == "sqlite":
+            return f"sqlite:///{self.cache / f'{name}.db'}"
+        url = sa.engine.make_url(database_url(PG_SERVER_URL)).set(database=name)
+        return url.render_as_string(hide_password=False)
+
+    def complete(self, name: str) -> dict | None:
+        """The marker of the finished store `name`, or None (and whatever is left of it removed)."""
+        marker = _marker(self.cache, name)
+        if self.store == "sqlite":
+            if marker is None or not (self.cache / f"{name}.db").exists():
+                for leftover in self.cache.glob(f"{name}.db*"):
+                    leftover.unlink()
+                return None
+            return marker
+        with self._admin() as admin, admin.connect() as conn:
+            exists = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}).first() is not None
+            if marker is None or not exists:
+                if exists:
+                    _pg_run(admin, "DROP DATABASE {} WITH (FORCE)", name)
+                return None
+        return marker
+
+    def create(self, name: str, copy_of: str | None = None) -> str:
+        """An empty store `name` (or a copy of the finished store `copy_of`); its URL."""
+        if self.store == "sqlite":
+            if copy_of:
+                shutil.copyfile(self.cache / f"{copy_of}.db", self.cache / f"{name}.db")
+        else:
+            with self._admin() as admin:
+                if copy_of:
+                    _pg_run(admin, "CREATE DATABASE {} TEMPLATE {}", name, copy_of)
+                else:
+                    _pg_run(admin, "CREATE DATABASE {}", name)
+        return self.url(name)
+
+    @contextmanager
+    def _admin(self) -> Iterator[sa.Engine]:
         admin = _pg_admin()
         try:
-            exists = _pg_exists(admin, name)
+            with admin.connect():
+                pass
         except sa.exc.OperationalError as exc:
             admin.dispose()
             where = PG_SERVER_URL.split("@")[-1]
             raise PostgresUnavailable(f"PostgreSQL unreachable at {where} ({type(exc.orig).__name__})") from None
-        if marker is None or not exists:
-            marker = None
-            if exists:
-                _pg_run(admin, "DROP DATABASE {} WITH (FORCE)", name)
-            _pg_run(admin, "CREATE DATABASE {}", name)
-        admin.dispose()
-        url = sa.engine.make_url(database_url(PG_SERVER_URL)).set(database=name).render_as_string(hide_password=False)
+        try:
+            yield admin
+        finally:
+            admin.dispose()
+
+
+def prepare(store: str, n: int, cache: Path, reseed: bool, progress, seed_at: str | None = None) -> Seeded:
+    """A store of `n` tasks (`sqlite` or `postgres`) at the migration head: the kept one if complete, else made.
+
+    With `seed_at`, the store is seeded at that migration revision, kept as such,
+    and a copy of it upgraded to the head (whose migrations build what they add
+    from the rows): quicker where the head's triggers make every write dearer,
+    and a new migration then costs an upgrade, not a reseeding.
+    """
+    from store.migrate import upgrade
+
+    where = Location(store, cache)
+    name = f"readers_{store}_{store_key(n)}" + (f"_from{seed_at}" if seed_at else "")
+    marker = None if reseed else where.complete(name)
     if marker is not None:
         progress(f"{store}: reusing the seeded store of {n:,} tasks ({name})")
-        return Seeded(store, url, n, marker["deliveries"], datetime.fromisoformat(marker["ended_at"]),
-                      marker["seed_seconds"], True, marker.get("seeded_at_revision"), marker.get("upgrade_seconds"))
-    progress(f"{store}: seeding {n:,} tasks through store.results.save_deliveries ({name})")
-    upgrade(url, seed_at or "head")
-    deliveries, seconds, ended_at = write(url, n, progress)
-    seeded = Seeded(store, url, n, deliveries, ended_at, round(seconds, 1), False, seed_at)
+        return Seeded.from_json(store, where.url(name), marker)
     if seed_at:
-        started = time.monotonic()
-        upgrade(url)
+        snapshot = f"readers_{store}_{store_key(n, seed_at)}"
+        seeded = None if reseed else where.complete(snapshot)
+        if seeded is None:
+            seeded = _seed(where, snapshot, n, seed_at, progress).as_json()
+            (cache / f"{snapshot}.json").write_text(json.dumps(seeded, indent=2))
+        else:
+            progress(f"{store}: reusing the store of {n:,} tasks seeded at {seed_at} ({snapshot})")
+        seeded = Seeded.from_json(store, where.create(name, copy_of=snapshot), seeded)
+        seeded.reused, started = False, time.monotonic()
+        upgrade(seeded.url)
         seeded.upgrade_seconds = round(time.monotonic() - started, 1)
-        progress(f"{store}: upgraded from {seed_at} to the head in {seeded.upgrade_seconds:,.1f} s")
+        progress(f"{store}: upgraded a copy from {seed_at} to the head in {seeded.upgrade_seconds:,.1f} s")
+    else:
+        seeded = _seed(where, name, n, "head", progress)
     (cache / f"{name}.json").write_text(json.dumps(seeded.as_json(), indent=2))
     return seeded
+
+
+def _seed(where: Location, name: str, n: int, revision: str, progress) -> Seeded:
+    from store.migrate import upgrade
+
+    progress(f"{where.store}: seeding {n:,} tasks through store.results.save_deliveries at {revision} ({name})")
+    url = where.create(name)
+    upgrade(url, revision)
+    deliveries, seconds, ended_at = write(url, n, progress)
+    return Seeded(where.store, url, n, deliveries, ended_at, round(seconds, 1), False,
+                  None if revision == "head" else revision)
 
 
 DEFAULT_CACHE = ROOT / "var" / "bench" / "readers"

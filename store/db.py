@@ -36,6 +36,9 @@ PG_CONNECT_TIMEOUT_S = 5
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite connection waits for a lock held by another (a reader waits at most its timeout)."""
 
+SQLITE_CACHE_MIB = 64
+"""Page cache of each SQLite connection (SQLite's own default is 2 MiB, too small for a store of millions)."""
+
 READ_CHECK_EVERY = 1000
 """SQLite virtual-machine instructions between two looks at a read's deadline (a few microseconds)."""
 
@@ -67,16 +70,20 @@ class Deadline:
         return time.monotonic() > self.at
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
-    """WAL lets readers (the API) run beside the writer (the persist worker)."""
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _sqlite_pragmas(cache_mib: int):
+    def set_pragmas(dbapi_conn, _record) -> None:
+        """WAL lets readers (the API) run beside the writer (the persist worker)."""
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA cache_size=-{int(cache_mib) * 1024}")  # negative: KiB
+        cursor.close()
+
+    return set_pragmas
 
 
-def create_engine(url: str, read_timeout_ms: int | None = None) -> sa.Engine:
+def create_engine(url: str, read_timeout_ms: int | None = None, sqlite_cache_mib: int = SQLITE_CACHE_MIB) -> sa.Engine:
     """A new engine for `url`; with `read_timeout_ms`, a readers' engine (see the module docstring)."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
@@ -86,7 +93,7 @@ def create_engine(url: str, read_timeout_ms: int | None = None) -> sa.Engine:
         # sqlite3's `timeout` is SQLite's busy timeout, in seconds.
         busy_ms = min(SQLITE_BUSY_TIMEOUT_MS, read_timeout_ms or SQLITE_BUSY_TIMEOUT_MS)
         engine = sa.create_engine(url, connect_args={"timeout": busy_ms / 1000})
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "connect", _sqlite_pragmas(sqlite_cache_mib))
     else:
         connect_args = {}
         if backend == "postgresql" and "connect_timeout" not in parsed.query:
