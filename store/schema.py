@@ -93,6 +93,9 @@ tasks.append_constraint(
     sa.Index("ix_tasks_text_search", CAPTION_VECTOR, postgresql_using="gin").ddl_if(dialect="postgresql")
 )
 sa.Index("ix_tasks_status_updated", tasks.c.status, tasks.c.updated_at, tasks.c.task_uuid)  # the list by status
+sa.Index("ix_tasks_waiting", tasks.c.submitted_at, tasks.c.task_uuid,  # the oldest waiting (store/stats.py)
+         sqlite_where=tasks.c.status == sa.literal_column("'submitted'"),
+         postgresql_where=tasks.c.status == sa.literal_column("'submitted'"))
 
 deliveries = sa.Table(
     "deliveries",
@@ -165,5 +168,24 @@ delivery_hours = sa.Table(
     sa.Column("deliveries", sa.BigInteger, nullable=False),
 )
 
-AGGREGATES = (task_hours, result_hours, delivery_hours)
-"""The aggregate tables: emptied after the base tables, never written by application code."""
+
+
+def _days(hours: sa.Table, name: str) -> sa.Table:
+    """The day rollup of an hourly aggregate (migration 0007): the same keys and measures per UTC day."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("day", UTCDateTime, primary_key=True, comment=f"the UTC day (midnight) of {hours.name}.hour"),
+        *(column._copy() for column in hours.c if column.name != "hour"),
+    )
+
+
+task_days = _days(task_hours, "task_days")
+result_days = _days(result_hours, "result_days")
+delivery_days = _days(delivery_hours, "delivery_days")
+
+DAYS = {task_hours: task_days, result_hours: result_days, delivery_hours: delivery_days}
+"""Each hourly aggregate and its day rollup, kept by triggers on the hourly table."""
+
+AGGREGATES = (task_hours, result_hours, delivery_hours, task_days, result_days, delivery_days)
+"""The aggregate tables: emptied after the base tables (hours before days), never written by application code."""

@@ -31,6 +31,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from store.queries import Window
+from store.schema import DAYS
 from store.schema import FINAL_STATUSES
 from store.schema import LATENCY_BOUNDS
 from store.schema import NO_LATENCY
@@ -39,7 +40,9 @@ from store.schema import STATUSES
 from store.schema import dead_letters
 from store.schema import deliveries
 from store.schema import delivery_hours
+from store.schema import result_days
 from store.schema import result_hours
+from store.schema import task_days
 from store.schema import task_hours
 from store.schema import tasks
 
@@ -55,6 +58,7 @@ OUTCOMES = ("stored", "partial", "rejected")
 """Outcomes of a logged delivery (see `store.results.Delivery.outcome`)."""
 
 HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -138,35 +142,61 @@ def utc_day(column: sa.ColumnElement, dialect: str) -> sa.ColumnElement:
 # -- windows ------------------------------------------------------------------------------------------
 
 
-def _floor_hour(t: datetime) -> datetime:
-    return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+def _floor(t: datetime, unit: timedelta) -> datetime:
+    t = t.astimezone(UTC)
+    return t.replace(minute=0, second=0, microsecond=0) if unit == HOUR else \
+        t.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def split(window: Window) -> tuple[Window | None, list[Window]]:
-    """The whole hours of `window` (None when it has none) and the partial hours at its ends."""
-    start = None if window.since is None else _floor_hour(window.since)
-    if start is not None and start < window.since:
-        start += HOUR
-    end = None if window.until is None else _floor_hour(window.until)
+def _ceil(t: datetime, unit: timedelta) -> datetime:
+    floor = _floor(t, unit)
+    return floor if floor == t else floor + unit
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A window cut along UTC days and hours: whole days, whole hours outside them, partial hours at the ends."""
+
+    days: Window | None
+    hours: list[Window]
+    edges: list[Window]
+
+
+def split(window: Window) -> Parts:
+    """`window` as the whole days and whole hours it spans (either may be empty) and the partial hours at its ends."""
+    start = None if window.since is None else _ceil(window.since, HOUR)
+    end = None if window.until is None else _floor(window.until, HOUR)
     if start is not None and end is not None and start >= end:
-        return None, [window]
+        return Parts(None, [], [window])
     edges = []
     if start is not None and start != window.since:
         edges.append(Window(window.since, start))
     if end is not None and end != window.until:
         edges.append(Window(end, window.until))
-    return Window(start, end), edges
+    first_day = None if start is None else _ceil(start, DAY)
+    last_day = None if end is None else _floor(end, DAY)
+    if first_day is not None and last_day is not None and first_day >= last_day:
+        return Parts(None, [Window(start, end)], edges)
+    hours = []
+    if first_day is not None and first_day != start:
+        hours.append(Window(start, first_day))
+    if last_day is not None and last_day != end:
+        hours.append(Window(last_day, end))
+    return Parts(Window(first_day, last_day), hours, edges)
 
 
-def _combined(window: Window, aggregate: sa.Table, whole: list, base_time: sa.Column, edge: list,
+def _combined(window: Window, hourly: sa.Table, whole, base_time: sa.Column, edge: list,
               *where: sa.ColumnElement) -> sa.Subquery:
-    """Rows of `aggregate` for the whole hours of `window`, UNION ALL the base rows of its edges."""
-    hours, edges = split(window)
-    parts = []
-    if hours is not None:
-        parts.append(sa.select(*whole).where(*hours.covers(aggregate.c.hour)))
-    parts += [sa.select(*edge).where(*where, *part.covers(base_time)) for part in edges]
-    return sa.union_all(*parts).subquery("rows")
+    """Rows of the day rollup of `hourly` for the whole days of `window`, of `hourly` for its other whole hours,
+    UNION ALL the base rows of its edges. `whole(columns, time)` gives the columns to read from an aggregate."""
+    parts, daily = split(window), DAYS[hourly]
+    selects = []
+    if parts.days is not None:
+        selects.append(sa.select(*whole(daily.c, daily.c.day)).where(*parts.days.covers(daily.c.day)))
+    selects += [sa.select(*whole(hourly.c, hourly.c.hour)).where(*hours.covers(hourly.c.hour))
+                for hours in parts.hours]
+    selects += [sa.select(*edge).where(*where, *part.covers(base_time)) for part in parts.edges]
+    return sa.union_all(*selects).subquery("rows")
 
 
 def _final(status: sa.Column, dialect: str) -> sa.ColumnElement:
@@ -184,10 +214,10 @@ def _money(units: int | Decimal | None) -> Decimal:
 
 def task_totals(conn: sa.Connection, window: Window = Window()) -> TaskTotals:
     """Tasks created in `window`: by status, source and model, conflicts, and webhook items per delivered task."""
-    t, a = tasks.c, task_hours.c
+    t = tasks.c
     rows = _combined(
         window, task_hours,
-        [a.status, a.source, a.model, a.tasks, a.conflicts, a.delivered_tasks, a.deliveries],
+        lambda a, _: [a.status, a.source, a.model, a.tasks, a.conflicts, a.delivered_tasks, a.deliveries],
         t.created_at,
         [t.status, t.source, sa.func.coalesce(t.model, ""), sa.literal(1, sa.BigInteger),
          sa.case((t.conflict, 1), else_=0), sa.case((t.delivery_count > 0, 1), else_=0), t.delivery_count],
@@ -217,10 +247,10 @@ def result_totals(conn: sa.Connection, window: Window = Window()) -> ResultTotal
     submitted, by the time from submission to result.
     """
     dialect = conn.dialect.name
-    t, a = tasks.c, result_hours.c
+    t = tasks.c
     rows = _combined(
         window, result_hours,
-        [utc_day(a.hour, dialect).label("day"), a.status, a.latency_bucket, a.tasks, a.cost_units],
+        lambda a, at: [utc_day(at, dialect).label("day"), a.status, a.latency_bucket, a.tasks, a.cost_units],
         t.result_at,
         [utc_day(t.result_at, dialect), t.status, latency_bucket(t.submitted_at, t.result_at, dialect),
          sa.literal(1, sa.BigInteger), cost_units(t.cost, dialect)],
@@ -252,9 +282,9 @@ def result_totals(conn: sa.Connection, window: Window = Window()) -> ResultTotal
 def delivery_totals(conn: sa.Connection, window: Window = Window()) -> tuple[dict[str, int], list[int]]:
     """Webhook POSTs logged with a `received_at` in `window`: by outcome, and the received -> stored histogram."""
     dialect = conn.dialect.name
-    d, a = deliveries.c, delivery_hours.c
+    d = deliveries.c
     rows = _combined(
-        window, delivery_hours, [a.outcome, a.latency_bucket, a.deliveries], d.received_at,
+        window, delivery_hours, lambda a, _: [a.outcome, a.latency_bucket, a.deliveries], d.received_at,
         [d.outcome, latency_bucket(d.received_at, d.stored_at, dialect), sa.literal(1, sa.BigInteger)],
     )
     c = list(rows.c)
@@ -270,7 +300,7 @@ def delivery_totals(conn: sa.Connection, window: Window = Window()) -> tuple[dic
 
 def total_spend(conn: sa.Connection) -> Decimal:
     """What every success in the store cost (USD, exact), from the aggregates."""
-    units = conn.scalar(sa.select(sa.func.sum(result_hours.c.cost_units)).where(result_hours.c.status == "success"))
+    units = conn.scalar(sa.select(sa.func.sum(result_days.c.cost_units)).where(result_days.c.status == "success"))
     return _money(units)
 
 
@@ -287,15 +317,20 @@ def dead_letter_counts(conn: sa.Connection, window: Window = Window()) -> tuple[
 def waiting_tasks(conn: sa.Connection) -> Waiting:
     """Tasks still `submitted` now (no window: age is the point): counted from the aggregates.
 
-    The oldest comes through the (status, created_at) index, which holds the
-    submitted tasks together.
+    The oldest is the first of the partial index of submitted tasks by
+    submission time; one without a submission time, if any, comes last.
     """
-    count = conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(task_hours.c.tasks), 0))
-                        .where(task_hours.c.status == "submitted"))
-    oldest = conn.execute(
-        sa.select(tasks.c.task_uuid, tasks.c.submitted_at)
-        .where(tasks.c.status == "submitted")
-        .order_by(tasks.c.submitted_at.asc().nulls_last(), tasks.c.task_uuid)
-        .limit(1)
-    ).first()
+    count = conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(task_days.c.tasks), 0))
+                        .where(task_days.c.status == "submitted"))
+    oldest = None
+    for timed in (True, False):
+        oldest = conn.execute(
+            sa.select(tasks.c.task_uuid, tasks.c.submitted_at)
+            .where(tasks.c.status == sa.literal_column("'submitted'"),  # a literal, as the partial index has
+                   tasks.c.submitted_at.is_not(None) if timed else tasks.c.submitted_at.is_(None))
+            .order_by(tasks.c.submitted_at, tasks.c.task_uuid)
+            .limit(1)
+        ).first()
+        if oldest is not None or not count:
+            break
     return Waiting(int(count), *(oldest or (None, None)))

@@ -32,7 +32,8 @@ def clear(url: str) -> None:
     """Empty every table of the store at `url`: the base tables first, then the aggregates their triggers keep."""
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        for table in sorted(reversed(metadata.sorted_tables), key=lambda table: table in AGGREGATES):
+        order = {table: n for n, table in enumerate(AGGREGATES, 1)}  # hours before the days their triggers keep
+        for table in sorted(reversed(metadata.sorted_tables), key=lambda table: order.get(table, 0)):
             conn.execute(table.delete())
     engine.dispose()
 

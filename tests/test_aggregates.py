@@ -45,15 +45,16 @@ from workers.maintenance import purge
 from workers.maintenance import replay_dead_letters
 from workers.persist import _dead_letter as dead_letter
 
-START = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
-"""Every time drawn lies within five hours from here, so that created_at (now) falls among them too."""
+START = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=30)
+"""Every time drawn lies within 48 hours from here (so at least one whole UTC day), and created_at (now) too."""
 
-SPAN_US = 5 * 3600 * 1_000_000
+SPAN_US = 48 * 3600 * 1_000_000
 MODELS = (None, "runware:150@2", "runware:151@1")
 
 moments = st.integers(0, SPAN_US).map(lambda us: START + timedelta(microseconds=us))
-hours = st.integers(0, 5).map(lambda h: START + timedelta(hours=h))
-ends = st.one_of(st.none(), moments, hours)
+hours = st.integers(0, 48).map(lambda h: START + timedelta(hours=h))
+midnights = st.integers(1, 2).map(lambda d: START.replace(hour=0) + timedelta(days=d))
+ends = st.one_of(st.none(), moments, hours, midnights)
 costs = st.one_of(st.none(), st.integers(0, 10**8).map(lambda units: Decimal(units).scaleb(-10)))
 
 def result(task: int, kind: str, at: datetime, cost: Decimal | None, model: str | None, variant: int) -> Result:
@@ -229,7 +230,7 @@ def test_aggregates_follow_every_change_and_return_to_zero(engine):
     with engine.connect() as conn:
         totals = [conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(table.c[name]), 0)))
                   for table in AGGREGATES for name in ("tasks", "deliveries") if name in table.c]
-    assert totals == [0, 0, 0, 0]
+    assert totals == [0] * 8  # tasks and deliveries of the hourly tables and of their day rollups
 
 
 def test_the_migration_builds_the_aggregates_of_an_existing_store(database_url):
@@ -237,7 +238,8 @@ def test_the_migration_builds_the_aggregates_of_an_existing_store(database_url):
     late = [result(0, "success", START + timedelta(minutes=5), Decimal("0.1"), None, 0),
             result(1, "error", START + timedelta(hours=2, seconds=1), None, MODELS[2], 0),
             result(0, "success", START + timedelta(minutes=4), Decimal("0.2"), None, 1),
-            result(6, "success", START + timedelta(hours=4), Decimal("0.0000000001"), MODELS[1], 0)]
+            result(6, "success", START + timedelta(hours=4), Decimal("0.0000000001"), MODELS[1], 0),
+            result(2, "success", START + timedelta(hours=40), Decimal("0.3"), MODELS[2], 0)]
     ops = [("submit", {6, 7}, MODELS[1], START + timedelta(hours=1, minutes=59, seconds=59, microseconds=999999)),
            *(("webhooks", [(START + timedelta(hours=h, minutes=7 * h), [r], h % 2 == 1)]) for h, r in enumerate(late)),
            ("purge", START + timedelta(hours=1))]
@@ -250,8 +252,9 @@ def test_the_migration_builds_the_aggregates_of_an_existing_store(database_url):
         finally:
             upgrade(database_url)
         with engine.connect() as conn:
-            assert conn.scalar(sa.select(sa.func.count()).select_from(AGGREGATES[1])) > 0
+            assert all(conn.scalar(sa.select(sa.func.count()).select_from(table)) > 0 for table in AGGREGATES)
         assert_exact(engine, [Window(), Window(START + timedelta(minutes=4, microseconds=1), None),
-                              Window(None, START + timedelta(hours=2)), Window(START, START + timedelta(hours=4))])
+                              Window(None, START + timedelta(hours=2)), Window(START, START + timedelta(hours=4)),
+                              Window(START.replace(hour=0) + timedelta(days=1), START + timedelta(days=2))])
     finally:
         engine.dispose()
