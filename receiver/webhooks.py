@@ -12,6 +12,11 @@ sender retries.
 With WEBHOOK_SIGNING_SECRETS set, a delivery also needs a valid Standard Webhooks
 signature (receiver/signatures.py), checked after the URL token. Each request
 counts one outcome in `captions_webhook_requests_total` (receiver/intake_metrics.py).
+
+A refused request's unread body is read and dropped before the answer (up to
+DISCARD_LIMIT_BYTES), so that a sender that writes its whole body before it reads
+(Python's urllib, many simple senders) reads the 401 or 413 instead of a reset
+connection; a slow sender is cut off by gunicorn's worker timeout as any is.
 """
 
 from __future__ import annotations
@@ -40,11 +45,26 @@ from workers.queues import queue_delivery
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
 
+DISCARD_LIMIT_BYTES = 16 * 1024 * 1024
+"""The most of a refused body read and dropped before the answer (or MAX_BODY_BYTES, if larger);
+a body announced above it is refused unread, and its sender may see the connection reset."""
+
 
 def reject(outcome: str, status: int, message: str, **extra):
     """Count a rejected request by its outcome and answer with a JSON error."""
     metrics.webhook_outcome(outcome)
     return error_response(status, message, **extra)
+
+
+@bp.after_request
+def discard_unread_body(response: Response) -> Response:
+    """Read and drop what is left of a refused request's body, unless it is announced above the bound."""
+    limit = max(DISCARD_LIMIT_BYTES, settings().max_body_bytes)
+    if response.status_code >= 400 and (request.content_length or 0) <= limit:
+        stream = request.environ["wsgi.input"]
+        while limit > 0 and (chunk := stream.read(min(limit, 65536))):
+            limit -= len(chunk)
+    return response
 
 
 @bp.post("/webhooks/runware")
@@ -58,8 +78,7 @@ def receive():
     try:
         body = request.get_data(cache=False)
     except RequestEntityTooLarge:
-        metrics.webhook_outcome("too_large")
-        raise
+        return reject("too_large", 413, f"the body is over the limit of {config.max_body_bytes} bytes")
     if config.webhook_signing_keys:
         try:
             signatures.verify(config.webhook_signing_keys, request.headers, body,
