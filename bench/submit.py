@@ -62,7 +62,7 @@ def images(n: int, seed: int) -> list[str]:
 def start_emulator(port: int) -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, "-m", "emulator", "--port", str(port), "--api-key", EMULATOR_KEY, "--drop-rate", "1",
-         "--processing-ms", "50"],
+         "--processing-ms", "50", "--state-dir", ""],  # records in memory, apart from make run's
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
 

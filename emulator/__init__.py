@@ -1,7 +1,8 @@
-"""A Runware-compatible REST emulator for image captions, for local runs and tests.
+"""A Runware-compatible emulator for image captions, REST and WebSocket, for local runs and tests.
 
 It speaks Runware's task-array contract (imageCaption, caption, imageUpload,
-getResponse), delivers webhooks with retries, and can inject faults. Captions
+getResponse) over REST and WebSocket, delivers webhooks with retries, can keep
+its records across restarts, and can inject faults. Captions
 are measured from the image's pixels: a deterministic stand-in, not a model.
 See emulator/README.md.
 """

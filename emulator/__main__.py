@@ -15,7 +15,7 @@ from .settings import parse_args
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        settings = parse_args(argv)
+        settings = parse_args(argv, command_line=True)
     except ValueError as exc:
         print(f"python -m emulator: error: {exc}", file=sys.stderr)
         return 2
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                               name="emulator-http", daemon=True)
     thread.start()
     seed = server.app.extensions["emulator"].dice.seed
-    print(f"emulator listening on {server_url(server)} (POST /v1; seed {seed})", flush=True)
+    print(f"emulator listening on {server_url(server)} (POST /v1 and WebSocket /v1; seed {seed})", flush=True)
     stopping.wait()
     print("emulator stopping", flush=True)
     server.shutdown()

@@ -42,6 +42,11 @@ class ApiError(Exception):
         self.task_uuid = self.task_uuid or task_uuid
         return self
 
+    def saved(self) -> dict:
+        """The constructor's arguments, for `ApiError(**saved)`."""
+        return {"code": self.code, "message": self.message, "status": self.status, "parameter": self.parameter,
+                "task_type": self.task_type, "task_uuid": self.task_uuid, "outcome": self.outcome}
+
     def item(self) -> dict:
         """The JSON error item."""
         item = {

@@ -2,13 +2,17 @@
 
 Every field below is one flag and one environment variable: field `drop_rate`
 is `--drop-rate` and `EMULATOR_DROP_RATE`. A flag beats the variable, the
-variable beats the default. Fault settings all default to off.
+variable beats the default. Fault settings all default to off. The command
+line's defaults differ from the library's in one setting: `python -m emulator`
+keeps its records under `var/emulator` (COMMAND_LINE_DEFAULTS), while
+`Settings()` keeps them in memory only.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hmac
 import os
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -17,6 +21,7 @@ from dataclasses import field
 
 ENV_PREFIX = "EMULATOR_"
 ENVELOPES = ("wrapped", "bare", "mixed")
+COMMAND_LINE_DEFAULTS = {"state_dir": "var/emulator"}
 
 
 def _doc(text: str, **kwargs):
@@ -37,8 +42,11 @@ class Faults:
     rate_limit_rate: float = _doc("chance that a request to /v1 is answered 429 rateLimitExceeded", default=0.0)
     unavailable_rate: float = _doc("chance that a request to /v1 is answered 503 serviceUnavailable", default=0.0)
     task_error_rate: float = _doc("chance that a caption task fails with timeoutProvider", default=0.0)
-    drop_rate: float = _doc("chance that a task's webhook is never sent (getResponse still has the result)",
-                            default=0.0)
+    drop_rate: float = _doc("chance that a task's webhook, or its result pushed over WebSocket, is never sent "
+                            "(getResponse still has the result)", default=0.0)
+    disconnect_rate: float = _doc("chance that the server closes a WebSocket connection right after accepting a "
+                                  "caption task, before answering it (drawn per accepted task, in arrival order)",
+                                  default=0.0)
     envelope: str = _doc("webhook body shape: wrapped ({\"data\":[...]}), bare (the task object) or mixed",
                          default="wrapped")
 
@@ -73,6 +81,8 @@ class Settings:
     max_image_pixels: int = _doc("largest accepted image, in pixels", default=50_000_000)
     max_request_bytes: int = _doc("largest accepted request body, in bytes", default=32 * 1024 * 1024)
     max_records: int = _doc("webhook attempts kept in memory (oldest dropped first)", default=100_000)
+    state_dir: str = _doc("directory of the file keeping tasks and uploads across restarts (empty: memory only; "
+                          "python -m emulator: var/emulator)", default="")
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:
@@ -90,6 +100,10 @@ class Settings:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.api_key:
             raise ValueError("api_key must not be empty")
+
+    def key_matches(self, given: object) -> bool:
+        """Whether `given` is the API key (compared in constant time)."""
+        return isinstance(given, str) and hmac.compare_digest(given.encode(), self.api_key.encode())
 
     def replace(self, **changes) -> Settings:
         """A copy with some fields changed; fault fields may be given directly (e.g. drop_rate=1)."""
@@ -116,18 +130,22 @@ def _converter(f):
     return {"int": int, "float": float, "str": str}[kind]
 
 
-def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
-    """The argparse parser for `python -m emulator`; defaults come from `env` (default os.environ)."""
+def build_parser(env: Mapping[str, str] | None = None, command_line: bool = False) -> argparse.ArgumentParser:
+    """The argparse parser for `python -m emulator`; defaults come from `env` (default os.environ).
+
+    With `command_line`, COMMAND_LINE_DEFAULTS replace the library's defaults.
+    """
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(
         prog="python -m emulator",
-        description="A Runware-compatible REST emulator for image captions (a deterministic stand-in, not a model).",
+        description="A Runware-compatible emulator for image captions, REST and WebSocket "
+                    "(a deterministic stand-in, not a model).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     groups = {Settings: parser.add_argument_group("server"), Faults: parser.add_argument_group("faults")}
     for f, owner in _fields():
         name = ENV_PREFIX + f.name.upper()
-        default = f.default
+        default = COMMAND_LINE_DEFAULTS.get(f.name, f.default) if command_line else f.default
         if env.get(name, "") != "":
             try:
                 default = _converter(f)(env[name])
@@ -144,9 +162,10 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
+               command_line: bool = False) -> Settings:
     """Settings from flags and environment; raises ValueError (or exits, for bad flags) when invalid."""
-    values = vars(build_parser(env).parse_args(argv))
+    values = vars(build_parser(env, command_line).parse_args(argv))
     fault_names = {f.name for f in dataclasses.fields(Faults)}
     faults = Faults(**{k: v for k, v in values.items() if k in fault_names})
     return Settings(**{k: v for k, v in values.items() if k not in fault_names}, faults=faults)

@@ -8,9 +8,14 @@ same on every run.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -19,6 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 from PIL import Image
+from websockets.sync.client import connect
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request
 from werkzeug.wrappers import Response
@@ -164,3 +170,56 @@ class Receiver:
         self._server.shutdown()
         self._thread.join(5)
         self._server.server_close()
+
+
+class WsClient:
+    """A plain WebSocket client of the emulator (the `websockets` library), one JSON message at a time.
+
+    Its incoming message limit is the library's default, 1 MiB, as in runware-sdk.
+    """
+
+    def __init__(self, emu: Emu) -> None:
+        self._stack = contextlib.ExitStack()
+        self.ws = self._stack.enter_context(connect(emu.url.replace("http://", "ws://") + "/v1", open_timeout=10))
+
+    def send(self, *tasks: dict) -> None:
+        self.ws.send(json.dumps(list(tasks)))
+
+    def recv(self, timeout: float = 10.0) -> dict:
+        return json.loads(self.ws.recv(timeout))
+
+    def authenticate(self, key: str = KEY, session: str | None = None) -> dict:
+        task = {"taskType": "authentication", "apiKey": key}
+        if session:
+            task["connectionSessionUUID"] = session
+        self.send(task)
+        return self.recv()
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+class EmulatorProcess:
+    """`python -m emulator ARGS` in a process of its own, started in `cwd`; `stop(signum)` returns its exit status."""
+
+    def __init__(self, *args: str, cwd: Path = ROOT) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "emulator", "--port", "0", "--api-key", KEY, *args],
+                                     cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("emulator listening on http://127.0.0.1:"):
+            self.stop(signal.SIGKILL)
+            pytest.fail(f"the emulator did not start: {line}{self.proc.stderr.read()}")
+        self.emu = Emu(line.split()[3])
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signum)
+            return self.proc.wait(10)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc.stdout.close()
+            self.proc.stderr.close()

@@ -3,6 +3,7 @@
 - `start_emulator(**changes)`: an emulator in a thread with the test settings (`BASE`) changed; stopped after the test.
 - `emu`: one with the test settings.
 - `receiver_factory(**kwargs)` and `receiver`: real webhook receivers, closed after the test.
+- `ws_client(emu)`: a WebSocket client of an emulator, closed after the test.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from emulator import serve_in_thread
 from tests.emulating import BASE
 from tests.emulating import Emu
 from tests.emulating import Receiver
+from tests.emulating import WsClient
 
 
 @pytest.fixture
@@ -51,3 +53,16 @@ def receiver_factory():
 def receiver(receiver_factory) -> Receiver:
     return receiver_factory()
 
+
+
+@pytest.fixture
+def ws_client():
+    clients = []
+
+    def make(emu: Emu) -> WsClient:
+        clients.append(WsClient(emu))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 
 import pytest
 import requests
@@ -14,9 +12,7 @@ from emulator import Settings
 from emulator import serve_in_thread
 from emulator.settings import parse_args
 from tests.emulating import BASE
-from tests.emulating import KEY
-from tests.emulating import ROOT
-from tests.emulating import Emu
+from tests.emulating import EmulatorProcess
 from tests.emulating import b64
 from tests.emulating import caption_task
 from tests.emulating import sample_bytes
@@ -41,25 +37,22 @@ def test_settings_from_flags_and_environment():
         parse_args(["--envelope", "sideways"], {})
 
 
+def test_only_the_command_line_keeps_state_by_default():
+    assert Settings().state_dir == "" and parse_args([], {}).state_dir == ""
+    assert parse_args([], {}, command_line=True).state_dir == "var/emulator"
+    assert parse_args(["--state-dir", ""], {}, command_line=True).state_dir == ""
+    assert parse_args([], {"EMULATOR_STATE_DIR": "/tmp/x"}, command_line=True).state_dir == "/tmp/x"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_command_line_server_stops_cleanly_on_signals(signum):
-    proc = subprocess.Popen([sys.executable, "-m", "emulator", "--port", "0", "--seed", "5", "--api-key", KEY],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_command_line_server_stops_cleanly_on_signals(signum, tmp_path):
+    process = EmulatorProcess("--seed", "5", "--state-dir", str(tmp_path))
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("emulator listening on http://127.0.0.1:"), line + proc.stderr.read()
-        url = line.split()[3]
-        assert requests.get(url + "/healthz", timeout=5).json()["seed"] == 5
-        resp = Emu(url).post([caption_task(b64(sample_bytes()))])
+        assert requests.get(process.emu.url + "/healthz", timeout=5).json()["seed"] == 5
+        resp = process.emu.post([caption_task(b64(sample_bytes()))])
         assert resp.status_code == 200
-        proc.send_signal(signum)
-        assert proc.wait(10) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+        assert process.stop(signum) == 0
 
 
 def test_a_taken_port_is_an_os_error(emu):

@@ -128,7 +128,8 @@ class Stack:
         self.progress(f"redis-server (deploy/redis.conf) on port {self.redis.port}")
         emulator = [sys.executable, "-m", "emulator", "--port", str(self.emulator_port), "--seed", str(args.seed),
                     "--api-key", "chaos-key", "--processing-ms", "20", "--max-records", "2000000",
-                    "--max-attempts", "10", "--delivery-workers", "8"]
+                    "--max-attempts", "10", "--delivery-workers", "8",
+                    "--state-dir", ""]  # records in memory, apart from make run's
         for flag, value in EMULATOR_FAULTS.items():
             emulator += [flag, value]
         self.emulator = Service("emulator", emulator, self.env(), self.logs, supervised=False).start()
