@@ -9,7 +9,10 @@
   matter; punctuation separates words; nothing is stemmed. A malformed query
   (unbalanced quote, a `*` that ends no prefix, nothing to search for, more
   than 16 terms) is a 400 naming `q` and the problem.
-- `GET /api/stats?since=&until=`: counts, spend, deliveries and backlog for a time window.
+  `label.K=V` keeps the tasks carrying label K with value V (several: all of them).
+- `GET /api/stats?since=&until=&groupBy=label.K`: counts, spend, deliveries and backlog for a time
+  window; `groupBy` adds `groups`, per value of label K (store/labels.py).
+- `GET /api/labels?values=`: the label keys, each with its most frequent values.
 
 Every bad query parameter is a 400 whose JSON body names it (see `receiver.params`).
 """
@@ -23,12 +26,14 @@ from flask import Blueprint
 from flask import jsonify
 from flask import request
 
+from receiver import labels as label_rules
 from receiver.auth import require_bearer
 from receiver.errors import error_response
 from receiver.params import ParamError
 from receiver.params import Params
 from receiver.params import encode_cursor
 from receiver.state import engine
+from store import labels as labels_from
 from store import queries
 from store import stats as stats_from
 from store.schema import LATENCY_BOUNDS
@@ -44,6 +49,12 @@ DEFAULT_LIMIT = 50
 
 MAX_LIMIT = 500
 """Most tasks one page may hold."""
+
+LABEL_PREFIX = "label."
+"""Query parameters `label.K` filter tasks on label K; `groupBy=label.K` groups stats by it."""
+
+DEFAULT_LABEL_VALUES, MAX_LABEL_VALUES = 10, 100
+"""Values listed per key by `GET /api/labels` when `values` is not given, and at most."""
 
 MONEY_PLACES = Decimal("0.000001")
 """Spend is also given as a JSON number rounded to 6 places (the string is exact)."""
@@ -71,6 +82,41 @@ def _money(amount: Decimal) -> dict:
     return {"usd": float(amount.quantize(MONEY_PLACES)), "exact": format(amount, "f")}
 
 
+def label_filters(args) -> tuple[dict[str, str], dict]:
+    """The `label.K=V` parameters as labels (checked as labels are), and the other parameters."""
+    given = [(name, value) for name, value in args.items(multi=True) if name.startswith(LABEL_PREFIX)]
+    try:
+        filters = label_rules.checked((name[len(LABEL_PREFIX):], value) for name, value in given)
+    except label_rules.LabelError as exc:
+        raise ParamError(LABEL_PREFIX + exc.label, str(exc)) from None
+    rest = args.copy()
+    for name, _ in given:
+        rest.pop(name, None)
+    return filters, rest
+
+
+def label_key(params: Params, name: str) -> str | None:
+    """A `label.K` choice (as `groupBy` takes), as K; None when not given."""
+    value = params.text(name)
+    if value is None:
+        return None
+    key = value[len(LABEL_PREFIX):]
+    if not value.startswith(LABEL_PREFIX) or not label_rules.KEY_RE.match(key):
+        raise ParamError(name, f"must be {LABEL_PREFIX}K, K a label key (1 to 64 of A-Z a-z 0-9 _ . -)")
+    return key
+
+
+def group_json(group: labels_from.Group) -> dict:
+    """One value of a groupBy: tasks by status, spend, and the success rate of the finished ones."""
+    finished = group.successes + group.errors
+    return {
+        "value": group.value,
+        "tasks": {"total": group.tasks, "byStatus": group.by_status},
+        "spend": {**_money(group.spend), "successes": group.successes, "errors": group.errors},
+        "successRate": round(group.successes / finished, 6) if finished else None,
+    }
+
+
 @bp.get("/tasks/<task_uuid>")
 @require_bearer("read_tokens")
 def get_task(task_uuid: str):
@@ -92,7 +138,8 @@ def task_response(task_uuid: str):
 @require_bearer("read_tokens")
 def list_tasks():
     """Tasks, most recently updated first; follow `nextCursor` for the next page."""
-    params = Params(request.args, ("status", "source", "since", "until", "q", "limit", "cursor"))
+    labels, args = label_filters(request.args)
+    params = Params(args, ("status", "source", "since", "until", "q", "limit", "cursor", "label.K"))
     statuses = params.choices("status", STATUSES)
     sources = params.choices("source", SOURCES)
     since, until = params.time_range()
@@ -102,7 +149,7 @@ def list_tasks():
     with engine().connect() as conn:
         page, last = queries.list_tasks(
             conn, statuses=statuses, sources=sources, window=queries.Window(since, until),
-            search=search, after=after, limit=limit,
+            search=search, labels=labels, after=after, limit=limit,
         )
     return jsonify(tasks=page, limit=limit, nextCursor=encode_cursor(*last) if last else None)
 
@@ -116,8 +163,9 @@ def stats():
     each latency histogram has one count per bound of `boundsSeconds` (at most that many seconds,
     more than the bound before) and a last one for everything slower.
     """
-    params = Params(request.args, ("since", "until"))
+    params = Params(request.args, ("since", "until", "groupBy"))
     window = queries.Window(*params.time_range())
+    group_by = label_key(params, "groupBy")
     now = utcnow()
     with engine().connect() as conn, queries.read_snapshot(conn).begin():
         created = stats_from.task_totals(conn, window)
@@ -125,11 +173,23 @@ def stats():
         outcomes, stored_latency = stats_from.delivery_totals(conn, window)
         dead, dead_pending = stats_from.dead_letter_counts(conn, window)
         waiting = stats_from.waiting_tasks(conn)
+        groups = labels_from.groups(conn, group_by, window) if group_by is not None else None
     oldest = None
     if waiting.oldest_uuid is not None:
         age = (now - waiting.oldest_submitted_at).total_seconds() if waiting.oldest_submitted_at else None
         oldest = {"taskUUID": waiting.oldest_uuid, "submittedAt": _iso(waiting.oldest_submitted_at),
                   "ageSeconds": round(age, 3) if age is not None else None}
+    grouped = {}
+    if groups is not None:
+        shown, other = labels_from.top(groups)
+        # Each task has one value of the key at most: what the values do not hold has no such label.
+        unlabeled = labels_from.Group(None, dict(created.by_status), results.successes,
+                                      sum(d.errors for d in results.days), labels_from.units(results.spend))
+        for group in groups:
+            unlabeled.subtract(group)
+        grouped = {"groups": {"key": group_by, "values": [group_json(g) for g in shown],
+                              "other": group_json(other) if other else None, "distinctValues": len(groups),
+                              "unlabeled": group_json(unlabeled)}}
     return jsonify(
         window={"since": _iso(window.since), "until": _iso(window.until)},
         generatedAt=now.isoformat(),
@@ -156,4 +216,20 @@ def stats():
                  "receivedToStored": stored_latency},
         deadLetters={"total": dead, "pending": dead_pending},
         waiting={"count": waiting.count, "oldest": oldest},
+        **grouped,
     )
+
+
+@bp.get("/labels")
+@require_bearer("read_tokens")
+def labels():
+    """Every label key, most tasks first, with its `values` most frequent values (from `label_values`)."""
+    params = Params(request.args, ("values",))
+    per_key = params.integer("values", DEFAULT_LABEL_VALUES, 1, MAX_LABEL_VALUES)
+    with engine().connect() as conn:
+        keys = labels_from.keys(conn, per_key)
+    return jsonify(labels=[
+        {"key": k.key, "tasks": k.tasks, "distinctValues": k.distinct_values,
+         "values": [{"value": value, "tasks": count} for value, count in k.values]}
+        for k in keys
+    ])

@@ -21,6 +21,7 @@ import click
 from flask.cli import AppGroup
 
 from receiver import images
+from receiver import labels as label_rules
 from receiver.state import engine
 from receiver.state import settings
 from receiver.submit import OptionError
@@ -112,16 +113,23 @@ def wait_for_results(task_uuids: list[str], timeout: float, interval: float) -> 
 @click.option("--cost/--no-cost", "include_cost", default=True, show_default=True, help="ask Runware for the cost")
 @click.option("--delivery", type=click.Choice(["async", "sync"]), default="async", show_default=True,
               help="async: results come to the webhook; sync: in Runware's answer")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="a label of every task, added to its webhookURL (repeatable)")
 @click.option("--wait", is_flag=True, help="wait for the results, print them, and summarise")
 @click.option("--timeout", type=float, help="with --wait: stop waiting after this many seconds "
               "[default: RESULT_DEADLINE_SECONDS + 2 reconcile intervals]")
 @click.option("--interval", type=float, default=0.5, show_default=True, help="with --wait: seconds between looks")
-def submit(sources, model, include_cost, delivery, wait, timeout, interval):
+def submit(sources, model, include_cost, delivery, labels, wait, timeout, interval):
     """Caption the images at PATH_OR_URL… (files, folders, http(s) URLs, image UUIDs)."""
     config = settings()
     started = time.monotonic()
     try:
-        options = parse_options({"model": model, "includeCost": include_cost, "deliveryMethod": delivery})
+        labels = label_rules.checked(label_rules.from_assignment(text) for text in labels)
+    except label_rules.LabelError as exc:
+        raise click.BadParameter(str(exc), param_hint="--label") from None
+    try:
+        options = parse_options({"model": model, "includeCost": include_cost, "deliveryMethod": delivery,
+                                 "labels": labels})
     except OptionError as exc:
         raise click.BadParameter(str(exc), param_hint="--model") from None
     inputs, missing = expand(sources)

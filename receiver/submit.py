@@ -8,7 +8,10 @@ Submit token required (`Authorization: Bearer …`, from SUBMIT_TOKENS). Two bod
 
 Options: `model` (an AIR ID, Runware's default when absent), `includeCost`
 (default true), `deliveryMethod` `async` (default: the result comes to our
-webhook) or `sync` (the result comes in Runware's answer). Each image is checked
+webhook) or `sync` (the result comes in Runware's answer), `labels` (an object
+of labels, receiver/labels.py; a multipart body gives it as JSON text): stored
+on each task and added to the webhookURL sent to Runware. Any other field is
+refused with a 400 naming it. Each image is checked
 (`receiver.images`); every good one becomes a task with a new UUID v4, stored as
 queued before anything is sent, and a submit job is enqueued. The answer (202)
 lists, in the order given, each image's `taskUUID` or the problem that kept it
@@ -21,13 +24,16 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
+from dataclasses import field
 
+import orjson
 import redis
 from flask import Blueprint
 from flask import jsonify
 from flask import request
 
 from receiver import images
+from receiver import labels as label_rules
 from receiver.api import task_response
 from receiver.auth import require_bearer
 from receiver.errors import error_response
@@ -44,6 +50,9 @@ bp = Blueprint("submit", __name__, url_prefix="/api")
 
 MAX_IMAGES_PER_REQUEST = 1000
 DELIVERY_METHODS = ("async", "sync")
+OPTIONS = ("model", "includeCost", "deliveryMethod", "labels")
+"""The fields a submission may give beside its images."""
+
 MODEL_RE = re.compile(r"^[A-Za-z0-9_.-]+:[0-9]+@[A-Za-z0-9_.-]+$")
 """An AIR ID, such as runware:150@2."""
 
@@ -57,6 +66,7 @@ class Options:
     model: str | None = None
     include_cost: bool = True
     delivery_method: str = "async"
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,8 +95,12 @@ def _flag(value: object, name: str) -> bool:
     raise OptionError(f"{name} must be true or false")
 
 
-def parse_options(source: dict) -> Options:
-    """The options of a request (JSON object or form fields); OptionError names a bad one."""
+def parse_options(source: dict, fields: tuple[str, ...] = OPTIONS) -> Options:
+    """The options of a request (JSON object or form fields); OptionError names a bad or unknown one."""
+    unknown = sorted(set(source) - set(fields))
+    if unknown:
+        raise OptionError(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                          f"(allowed: {', '.join(fields)})")
     model = source.get("model")
     if model in (None, ""):
         model = None
@@ -96,7 +110,17 @@ def parse_options(source: dict) -> Options:
     method = source.get("deliveryMethod") or "async"
     if method not in DELIVERY_METHODS:
         raise OptionError("deliveryMethod must be async or sync")
-    return Options(model, include_cost, method)
+    labels = source.get("labels")
+    if isinstance(labels, str):  # a multipart form field
+        try:
+            labels = orjson.loads(labels) if labels.strip() else None
+        except orjson.JSONDecodeError:
+            raise OptionError('labels must be a JSON object such as {"projectId": "proj_789"}') from None
+    try:
+        labels = label_rules.from_object(labels) if labels is not None else {}
+    except label_rules.LabelError as exc:
+        raise OptionError(f"labels: {exc}") from None
+    return Options(model, include_cost, method, labels)
 
 
 def _name(value: object) -> str | None:
@@ -116,7 +140,8 @@ def check(inputs: list[tuple[str | None, object]], options: Options, convert) ->
             outcomes.append(Accepted(index, name, error=str(exc)))
             continue
         task_uuid = str(uuid.uuid4())
-        new.append(NewTask(task_uuid, ref, name, options.model, options.include_cost, options.delivery_method))
+        new.append(NewTask(task_uuid, ref, name, options.model, options.include_cost, options.delivery_method,
+                           options.labels))
         outcomes.append(Accepted(index, name, task_uuid=task_uuid))
     return outcomes, new
 
@@ -147,7 +172,8 @@ def _json_inputs(limit: int) -> tuple[list[tuple[str | None, object]], Options]:
         raise OptionError("images must be a non-empty array of URLs, data URIs, base64 strings or image UUIDs")
     if len(raw) > limit:
         raise OptionError(f"images: at most {limit} per request, got {len(raw)}")
-    return [(_name(v), v) for v in raw], parse_options(body)
+    return [(_name(v), v) for v in raw], parse_options({k: v for k, v in body.items() if k != "images"},
+                                                       OPTIONS)
 
 
 @bp.post("/captions")

@@ -1,7 +1,9 @@
 """`POST /webhooks/runware?token=…`: check, validate, queue durably in Redis, then answer 2xx.
 
 The secret may also come as `?apiKey=…`, `Authorization: Bearer …` or `X-API-Key`
-(receiver/auth.py); none of them is kept with the delivery.
+(receiver/auth.py); none of them is kept with the delivery. Every other query
+parameter is a label of the delivery and its tasks (receiver/labels.py): a URL
+breaking the label rules is answered 422 naming the label, and nothing is queued.
 
 Nothing slow happens here: the body is parsed once to validate it and added,
 as received, to a Redis stream; a drain job persists it later. 2xx means the
@@ -33,6 +35,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from receiver import backpressure
 from receiver import intake_metrics as metrics
+from receiver import labels as url_labels
 from receiver import signatures
 from receiver.auth import webhook_secret_problem
 from receiver.errors import error_response
@@ -85,6 +88,10 @@ def receive():
                               config.webhook_signature_tolerance_seconds)
         except signatures.SignatureError as exc:
             return reject("bad_signature", 401, f"invalid signature: {exc}")
+    try:
+        labels = url_labels.from_query(request.args)
+    except url_labels.LabelError as exc:
+        return reject("unprocessable", 422, str(exc), label=exc.label)
     received_at = utcnow()
     try:
         results, skipped = payloads.parse(body, received_at)
@@ -100,7 +107,8 @@ def receive():
     started = time.perf_counter()
     try:
         delivery = queue_delivery(redis_client(), body, request.remote_addr, received_at,
-                                  signatures.webhook_id(request.headers))
+                                  signatures.webhook_id(request.headers),
+                                  orjson.dumps(labels) if labels else None)
     except redis.RedisError as exc:
         if isinstance(exc, redis.OutOfMemoryError):
             gate.refused()

@@ -6,12 +6,14 @@ figures of `GET /api/stats` come from the aggregates, in store/stats.py.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
 
 from store import search as search_query
+from store.schema import task_labels
 from store.schema import tasks
 
 PUBLIC_FIELDS = {
@@ -52,20 +54,52 @@ class Window:
         return conditions
 
 
-def task_json(row: sa.Row) -> dict:
-    """A task row as JSON-ready values (ISO times, cost as a number of USD)."""
+def labels_of(conn: sa.Connection, task_uuids: Iterable[str]) -> dict[str, tuple[dict[str, str], list[str]]]:
+    """The labels of each task (by key) and the keys flagged for disagreement; tasks without labels are absent."""
+    found: dict[str, tuple[dict[str, str], list[str]]] = {}
+    uuids = list(task_uuids)
+    if not uuids:
+        return found
+    query = (sa.select(task_labels.c.task_uuid, task_labels.c.key, task_labels.c.value, task_labels.c.conflict)
+             .where(task_labels.c.task_uuid.in_(uuids)).order_by(task_labels.c.task_uuid, task_labels.c.key))
+    for task_uuid, key, value, conflict in conn.execute(query):
+        labels, conflicts = found.setdefault(task_uuid, ({}, []))
+        labels[key] = value
+        if conflict:
+            conflicts.append(key)
+    return found
+
+
+def carries(key: str, value: str) -> sa.ColumnElement:
+    """WHERE condition on tasks: the task carries label key=value (through ix_task_labels_key_value)."""
+    label = task_labels.c
+    return sa.exists().where(label.task_uuid == tasks.c.task_uuid, label.key == key, label.value == value)
+
+
+def task_json(row: sa.Row, labels: tuple[dict[str, str], list[str]] | None = None) -> dict:
+    """A task row as JSON-ready values (ISO times, cost as a number of USD), with its labels.
+
+    `labelConflicts` lists the keys that a submission or delivery gave another value (see store.results).
+    """
     record = dict(zip(PUBLIC_FIELDS, row))
     for name, value in record.items():
         if hasattr(value, "isoformat"):
             record[name] = value.isoformat()
     if record["cost"] is not None:
         record["cost"] = float(record["cost"])
+    record["labels"], record["labelConflicts"] = labels or ({}, [])
     return record
+
+
+def with_labels(conn: sa.Connection, rows: list[sa.Row]) -> list[dict]:
+    """Task rows as JSON, each with its labels (one query for them all)."""
+    labels = labels_of(conn, (row.task_uuid for row in rows))
+    return [task_json(row, labels.get(row.task_uuid)) for row in rows]
 
 
 def get_task(conn: sa.Connection, task_uuid: str) -> dict | None:
     row = conn.execute(sa.select(*PUBLIC_FIELDS.values()).where(tasks.c.task_uuid == task_uuid)).first()
-    return task_json(row) if row else None
+    return with_labels(conn, [row])[0] if row else None
 
 
 def read_snapshot(conn: sa.Connection) -> sa.Connection:
@@ -86,6 +120,7 @@ def list_tasks(
     sources: tuple[str, ...] = (),
     window: Window = Window(),
     search: search_query.Query | None = None,
+    labels: dict[str, str] | None = None,
     after: tuple[datetime, str] | None = None,
     limit: int = 50,
 ) -> tuple[list[dict], tuple[datetime, str] | None]:
@@ -101,6 +136,7 @@ def list_tasks(
         conditions.append(tasks.c.status.in_(statuses))
     if sources:
         conditions.append(tasks.c.source.in_(sources))
+    conditions += [carries(key, value) for key, value in (labels or {}).items()]
     if after is not None:
         conditions.append(search_query.older_than(after))
     columns = list(PUBLIC_FIELDS.values())
@@ -115,4 +151,4 @@ def list_tasks(
             rows = sorted(found.values(), key=lambda row: (row.updated_at, row.task_uuid), reverse=True)
     page = rows[:limit]
     more = len(rows) > limit
-    return [task_json(row) for row in page], ((page[-1].updated_at, page[-1].task_uuid) if more else None)
+    return with_labels(conn, page), ((page[-1].updated_at, page[-1].task_uuid) if more else None)

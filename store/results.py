@@ -6,6 +6,15 @@ of the same final status the one received first wins; a success that disagrees
 with another success sets `conflict`; delivery counts and first/last times add
 up commutatively. The rule lives in one SQL `INSERT … ON CONFLICT DO UPDATE`, so
 concurrent writers cannot race it, and it is the same on SQLite and PostgreSQL.
+
+Labels converge the same way (`merge_labels`): per task and key, whatever the
+order and number of submissions and deliveries, the value given *earliest* wins
+(`labeled_at`: queue time for a submission, receipt time for a delivery; the
+smaller value between two given at the same instant), and a key given another
+value by any of them is flagged (`conflict`), as a disagreeing success is. So a
+submission's labels are never overridden by a delivery's, and a delivery
+without labels removes none. A task's labels are written after its task row,
+in the same transaction (the aggregates' triggers rely on it: revision 0008).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from sqlalchemy.dialects import sqlite
 from store.schema import FINAL_STATUSES
 from store.schema import STATUSES
 from store.schema import deliveries
+from store.schema import task_labels
 from store.schema import tasks
 from store.schema import utcnow
 
@@ -64,12 +74,61 @@ class Delivery:
     size: int
     results: list[Result] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def outcome(self) -> str:
         if not self.results:
             return "rejected"
         return "partial" if self.skipped else "stored"
+
+
+@dataclass(frozen=True)
+class Label:
+    """One label given to a task, and when: a submission's queue time or a delivery's receipt time."""
+
+    task_uuid: str
+    key: str
+    value: str
+    at: datetime
+
+
+def _reduce_labels(labels: Iterable[Label]) -> list[dict]:
+    """One row per (task, key): the earliest value (smallest among equals), flagged if any value differed."""
+    best: dict[tuple[str, str], dict] = {}
+    for label in labels:
+        row = {"task_uuid": label.task_uuid, "key": label.key, "value": label.value, "labeled_at": label.at,
+               "conflict": False}
+        old = best.setdefault((label.task_uuid, label.key), row)
+        if old is row:
+            continue
+        conflict = old["conflict"] or old["value"] != row["value"]
+        if (row["labeled_at"], row["value"]) < (old["labeled_at"], old["value"]):
+            old.update(value=row["value"], labeled_at=row["labeled_at"])
+        old["conflict"] = conflict
+    return list(best.values())
+
+
+def _label_merge_statement(dialect: str) -> sa.Insert:
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(task_labels)
+    new, old = stmt.excluded, task_labels.c
+    wins = sa.or_(new.labeled_at < old.labeled_at, sa.and_(new.labeled_at == old.labeled_at, new.value < old.value))
+    return stmt.on_conflict_do_update(
+        index_elements=[old.task_uuid, old.key],
+        set_={
+            "value": sa.case((wins, new.value), else_=old.value),
+            "labeled_at": sa.case((wins, new.labeled_at), else_=old.labeled_at),
+            "conflict": sa.or_(old.conflict, new.conflict, old.value != new.value),
+        },
+    )
+
+
+def merge_labels(conn: sa.Connection, labels: Iterable[Label]) -> int:
+    """Merge labels into `task_labels` (after their tasks' rows, in the same transaction). Returns rows written."""
+    rows = sorted(_reduce_labels(labels), key=lambda row: (row["task_uuid"], row["key"]))  # one lock order for all
+    if rows:
+        conn.execute(_label_merge_statement(conn.dialect.name), rows)
+    return len(rows)
 
 
 def _literal(value: str | int) -> sa.ColumnElement:
@@ -277,6 +336,11 @@ def save_deliveries(conn: sa.Connection, batch: list[Delivery]) -> list[Delivery
         }
         for d in fresh
     ]
+    if any(d.labels for d in fresh):  # the column only when needed: most batches carry no labels
+        for row, d in zip(log, fresh):
+            row["labels"] = orjson.dumps(d.labels).decode() if d.labels else None
     _run(conn, "log", [log])
     apply_results(conn, (r for d in fresh for r in d.results))
+    merge_labels(conn, (Label(r.task_uuid, key, value, d.received_at)
+                        for d in fresh if d.labels for r in d.results for key, value in d.labels.items()))
     return fresh

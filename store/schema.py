@@ -108,8 +108,23 @@ deliveries = sa.Table(
     sa.Column("items", sa.JSON, nullable=False, comment="the parsed items, as stored"),
     sa.Column("detail", sa.Text, comment="why items were skipped"),
     sa.Column("stored_at", UTCDateTime, nullable=False),
+    sa.Column("labels", sa.JSON, comment="the labels of the webhook URL (its query parameters but the secret)"),
     sa.Index("ix_deliveries_received", "received_at"),
 )
+
+task_labels = sa.Table(
+    "task_labels",
+    metadata,
+    sa.Column("task_uuid", sa.String(36), primary_key=True),
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(256), nullable=False),
+    sa.Column("labeled_at", UTCDateTime, nullable=False,
+              comment="when the winning value came: queue time of a submission, receipt time of a delivery"),
+    sa.Column("conflict", sa.Boolean, nullable=False, server_default=sa.false(),
+              comment="a submission or delivery gave this key another value"),
+    sa.Index("ix_task_labels_key_value", "key", "value", "task_uuid"),
+)
+"""Labels of a task (store/labels.py), written after its task row in the same transaction (revision 0008)."""
 
 dead_letters = sa.Table(
     "dead_letters",
@@ -187,5 +202,35 @@ delivery_days = _days(delivery_hours, "delivery_days")
 DAYS = {task_hours: task_days, result_hours: result_days, delivery_hours: delivery_days}
 """Each hourly aggregate and its day rollup, kept by triggers on the hourly table."""
 
-AGGREGATES = (task_hours, result_hours, delivery_hours, task_days, result_days, delivery_days)
+label_task_hours = sa.Table(
+    "label_task_hours",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("hour", UTCDateTime, primary_key=True, comment="hour of tasks.created_at, UTC"),
+    sa.Column("value", sa.String(256), primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("tasks", sa.BigInteger, nullable=False),
+)
+
+label_result_hours = sa.Table(
+    "label_result_hours",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("hour", UTCDateTime, primary_key=True, comment="hour of tasks.result_at, UTC"),
+    sa.Column("value", sa.String(256), primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True, comment="a final status"),
+    sa.Column("tasks", sa.BigInteger, nullable=False),
+    sa.Column("cost_units", sa.BigInteger, nullable=False, comment="sum of cost in units of 1e-10 USD"),
+)
+
+label_values = sa.Table(
+    "label_values",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(256), primary_key=True),
+    sa.Column("tasks", sa.BigInteger, nullable=False, comment="tasks carrying this label"),
+)
+
+AGGREGATES = (task_hours, result_hours, delivery_hours, task_days, result_days, delivery_days,
+              label_task_hours, label_result_hours, label_values)
 """The aggregate tables: emptied after the base tables (hours before days), never written by application code."""

@@ -27,12 +27,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from dataclasses import field
+from dataclasses import replace
 from datetime import datetime
 from datetime import timedelta
 
 import sqlalchemy as sa
 
+from store.results import Label
+from store.results import merge_labels
 from store.schema import FINAL_STATUSES
+from store.schema import task_labels
 from store.schema import tasks
 from store.schema import utcnow
 
@@ -49,6 +54,7 @@ class NewTask:
     model: str | None = None
     include_cost: bool = True
     delivery_method: str = "async"
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,11 +67,13 @@ class Claimed:
     include_cost: bool
     delivery_method: str
     attempts: int
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def queue_tasks(conn: sa.Connection, new: Iterable[NewTask]) -> int:
-    """Store tasks as queued (source `submitted`). Returns how many."""
+    """Store tasks as queued (source `submitted`), with their labels, given at the queue time. Returns how many."""
     now = utcnow()
+    new = list(new)
     rows = [
         {
             "task_uuid": t.task_uuid,
@@ -84,6 +92,7 @@ def queue_tasks(conn: sa.Connection, new: Iterable[NewTask]) -> int:
     ]
     if rows:
         conn.execute(tasks.insert(), rows)
+        merge_labels(conn, (Label(t.task_uuid, key, value, now) for t in new for key, value in t.labels.items()))
     return len(rows)
 
 
@@ -122,6 +131,17 @@ def claim_queued(conn: sa.Connection, limit: int, lease_seconds: float, now: dat
     rows.sort(key=lambda r: (r.created_at, r.task_uuid))
     return [Claimed(r.task_uuid, r.input_ref, r.model, r.include_cost is not False, r.delivery_method or "async",
                     r.submit_attempts) for r in rows]
+
+
+def with_labels(conn: sa.Connection, claimed: list[Claimed]) -> list[Claimed]:
+    """The claimed tasks with their labels, which go in the webhookURL they are sent with."""
+    labels: dict[str, dict[str, str]] = {}
+    if claimed:
+        query = sa.select(task_labels.c.task_uuid, task_labels.c.key, task_labels.c.value).where(
+            task_labels.c.task_uuid.in_([c.task_uuid for c in claimed])).order_by(task_labels.c.key)
+        for task_uuid, key, value in conn.execute(query):
+            labels.setdefault(task_uuid, {})[key] = value
+    return [replace(c, labels=labels.get(c.task_uuid, {})) for c in claimed]
 
 
 def release(conn: sa.Connection, task_uuids: Iterable[str]) -> None:

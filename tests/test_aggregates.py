@@ -32,6 +32,7 @@ from store.results import Result
 from store.results import apply_results
 from store.results import save_deliveries
 from store.schema import AGGREGATES
+from store.schema import DAYS
 from store.schema import FINAL_STATUSES
 from store.schema import LATENCY_BOUNDS
 from store.schema import deliveries
@@ -230,7 +231,7 @@ def test_aggregates_follow_every_change_and_return_to_zero(engine):
     with engine.connect() as conn:
         totals = [conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(table.c[name]), 0)))
                   for table in AGGREGATES for name in ("tasks", "deliveries") if name in table.c]
-    assert totals == [0] * 8  # tasks and deliveries of the hourly tables and of their day rollups
+    assert totals == [0] * 11  # the hourly tables, their day rollups and the label aggregates (0008)
 
 
 def test_the_migration_builds_the_aggregates_of_an_existing_store(database_url):
@@ -252,7 +253,8 @@ def test_the_migration_builds_the_aggregates_of_an_existing_store(database_url):
         finally:
             upgrade(database_url)
         with engine.connect() as conn:
-            assert all(conn.scalar(sa.select(sa.func.count()).select_from(table)) > 0 for table in AGGREGATES)
+            assert all(conn.scalar(sa.select(sa.func.count()).select_from(table)) > 0  # no labels here
+                       for table in (*DAYS, *DAYS.values()))
         assert_exact(engine, [Window(), Window(START + timedelta(minutes=4, microseconds=1), None),
                               Window(None, START + timedelta(hours=2)), Window(START, START + timedelta(hours=4)),
                               Window(START.replace(hour=0) + timedelta(days=1), START + timedelta(days=2))])

@@ -22,7 +22,7 @@ from tests.support import ROOT
 from tests.test_stats import stats
 
 DOC = ROOT / "docs" / "sql.md"
-VIEWS = ("task_results", "daily_spend", "delivery_log")
+VIEWS = ("task_results", "daily_spend", "delivery_log", "spend_by_label")
 TEN_PLACES = Decimal("1e-10")
 
 
@@ -87,7 +87,8 @@ def test_task_results_columns(store):
 
 def test_delivery_log_leaves_out_address_and_body(client, store):
     found = rows(store, "SELECT * FROM delivery_log ORDER BY received_at")
-    assert list(found[0]._fields) == ["id", "received_at", "stored_at", "size", "outcome", "item_count", "detail"]
+    assert list(found[0]._fields) == ["id", "received_at", "stored_at", "size", "outcome", "item_count", "detail",
+                                     "labels"]
     assert [(r.id, r.item_count, r.outcome) for r in found] == [
         ("d1", 1, "stored"), ("d2", 2, "partial"), ("d3", 0, "rejected"), ("d4", 3, "stored")]
     by_outcome = dict(rows(store, "SELECT outcome, count(*) FROM delivery_log GROUP BY outcome"))

@@ -38,6 +38,7 @@ import time
 from datetime import UTC
 from datetime import datetime
 
+import orjson
 import redis
 import sqlalchemy as sa
 
@@ -106,7 +107,8 @@ def to_delivery(entry_id: str, fields: dict[bytes, bytes]) -> Delivery:
     except payloads.PayloadError as exc:
         results, skipped = [], [exc.message]
     remote = fields.get(b"ip", b"").decode() or None
-    return Delivery(entry_id, received_at, remote, len(body), results, skipped)
+    labels = orjson.loads(fields[b"labels"]) if b"labels" in fields else {}
+    return Delivery(entry_id, received_at, remote, len(body), results, skipped, labels)
 
 
 def _is_outage(exc: sa.exc.DBAPIError) -> bool:
@@ -157,7 +159,7 @@ def _dead_letter(engine: sa.Engine, delivery: Delivery, reason: str, attempts: i
     """Keep a delivery's items that cannot be stored, with the reason, for replay."""
     now = utcnow()
     kept = Delivery(delivery.id, delivery.received_at, delivery.remote_addr, delivery.size, [],
-                    [*delivery.skipped, f"dead-lettered: {reason}"])
+                    [*delivery.skipped, f"dead-lettered: {reason}"], delivery.labels)
     with engine.begin() as conn:
         # Logged once: a delivery seen again (a drain that died before acknowledging it) adds no letters.
         saved = save_deliveries(conn, [kept])

@@ -69,11 +69,12 @@ def want_drain(conn: redis.Redis) -> bool:
 
 
 def queue_delivery(conn: redis.Redis, body: bytes, remote_addr: str | None, received_at: datetime,
-                   webhook_id: str | None = None) -> str:
+                   webhook_id: str | None = None, labels: bytes | None = None) -> str:
     """Add an accepted webhook body to the stream; returns its entry id once Redis has it.
 
     `webhook_id` (the sender's Standard Webhooks message id, constant across its
-    retries) is kept in the entry as `wid` when given, for deduplication.
+    retries) is kept in the entry as `wid` when given, for deduplication; `labels`
+    (the URL's labels as a JSON object) as `labels`.
     Raises redis.RedisError when Redis cannot take it (the caller answers 503).
     """
     # No MULTI needed: a drain clears the flag and then reads once more, so an entry
@@ -82,6 +83,8 @@ def queue_delivery(conn: redis.Redis, body: bytes, remote_addr: str | None, rece
     fields = {"body": body, "at": received_at.timestamp(), "ip": remote_addr or ""}
     if webhook_id:
         fields["wid"] = webhook_id
+    if labels:
+        fields["labels"] = labels
     pipe.xadd(DELIVERY_STREAM, fields)
     pipe.set(DRAIN_FLAG, 1, nx=True, ex=DRAIN_FLAG_TTL)
     entry_id, flagged = pipe.execute()

@@ -36,6 +36,7 @@ from dataclasses import field
 from datetime import datetime
 from datetime import timedelta
 from urllib.parse import quote
+from urllib.parse import urlencode
 
 import redis
 import sqlalchemy as sa
@@ -83,9 +84,10 @@ RETRY_CAP_S = 120.0
 """RQ retries of a submit job after a transient failure: about 2, 4, 8, 16, 32, 64 s, with jitter."""
 
 
-def webhook_url(config: Config) -> str:
-    """Where Runware sends results: the public URL plus the first webhook token. Never log it."""
-    return f"{config.public_url}/webhooks/runware?token={quote(config.webhook_tokens[0], safe='')}"
+def webhook_url(config: Config, labels: dict[str, str] | None = None) -> str:
+    """Where Runware sends results: the public URL, the first webhook token and the task's labels. Never log it."""
+    query = urlencode({"token": config.webhook_tokens[0], **(labels or {})}, quote_via=quote, safe="")
+    return f"{config.public_url}/webhooks/runware?{query}"
 
 
 def retry_policy() -> Retry:
@@ -187,21 +189,20 @@ class Submitter:
         self.engine = engine
         self.client = client
         self.config = config
-        self.webhook = webhook_url(config)
         self.counts = Counts()
 
     def task(self, claimed: submissions.Claimed) -> dict:
         sync = claimed.delivery_method == "sync"
         return caption_task(claimed.task_uuid, claimed.input_ref, model=claimed.model,
                             include_cost=claimed.include_cost, delivery_method=claimed.delivery_method,
-                            webhook_url=None if sync else self.webhook)
+                            webhook_url=None if sync else webhook_url(self.config, claimed.labels))
 
     def run(self, batch_size: int, hand_over_after: float | None = None) -> bool:
         """Send batches until nothing is due. Returns False when it stopped early to hand over."""
         deadline = None if hand_over_after is None else time.monotonic() + hand_over_after
         while True:
             with self.engine.begin() as conn:
-                claimed = submissions.claim_queued(conn, batch_size, CLAIM_LEASE_S)
+                claimed = submissions.with_labels(conn, submissions.claim_queued(conn, batch_size, CLAIM_LEASE_S))
             if not claimed:
                 return True
             self.send(claimed)

@@ -1,0 +1,257 @@
+"""Reading labels: the filter, groupBy and the keys equal a full scan of the base rows exactly.
+
+Random writes go through the service's own write paths (submissions with
+labels, webhook batches with labels, polls), in random order, plus changes in
+plain SQL (a label's value, a task deleted), so the label aggregates' triggers
+on both tables see inserts, upserts, updates and deletes. Then, for random
+windows, `store.labels.groups` is compared with the same figures computed
+here, in Python, from every row; so are the keys, the label filter of the list
+and the `spend_by_label` view.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from datetime import timedelta
+from decimal import Decimal
+
+import sqlalchemy as sa
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from store import labels
+from store.queries import Window
+from store.queries import list_tasks
+from store.results import Delivery
+from store.results import Result
+from store.results import apply_results
+from store.results import save_deliveries
+from store.schema import FINAL_STATUSES
+from store.schema import STATUSES
+from store.schema import task_labels
+from store.schema import tasks
+from store.submissions import NewTask
+from store.submissions import queue_tasks
+from tests.conftest import clear
+from tests.helpers import new_uuid
+from tests.test_aggregates import START
+from tests.test_aggregates import inside
+from tests.test_aggregates import moments
+from tests.test_aggregates import results
+from tests.test_aggregates import windows
+
+READ = {"Authorization": "Bearer read-token"}
+KEYS = ("projectId", "userId")
+VALUES = ("p1", "p2", "p\u00e9 3")
+
+label_sets = st.dictionaries(st.sampled_from(KEYS), st.sampled_from(VALUES), max_size=2)
+
+operations = st.one_of(
+    st.tuples(st.just("webhooks"), st.lists(st.tuples(moments, st.lists(results, max_size=3), label_sets),
+                                            min_size=1, max_size=4)),
+    st.tuples(st.just("poll"), st.lists(results, min_size=1, max_size=3)),
+    st.tuples(st.just("submit"), st.sets(st.integers(6, 9), min_size=1), label_sets),
+    st.tuples(st.just("relabel"), st.integers(0, 9), st.sampled_from(VALUES)),
+    st.tuples(st.just("delete"), st.integers(0, 9)),
+)
+
+
+def task_uuid(n: int) -> str:
+    return str(uuid.UUID(int=n + 1))
+
+
+def apply(engine: sa.Engine, operation: tuple, n: int) -> None:
+    kind, *args = operation
+    with engine.begin() as conn:
+        if kind == "webhooks":
+            batch = [Delivery(f"{n}-{i}", at, None, 100, items, [], given)
+                     for i, (at, items, given) in enumerate(args[0])]
+            save_deliveries(conn, batch)
+        elif kind == "poll":
+            apply_results(conn, args[0], delivered=False)
+        elif kind == "submit":
+            chosen = [task_uuid(t) for t in sorted(args[0])]
+            known = set(conn.scalars(sa.select(tasks.c.task_uuid).where(tasks.c.task_uuid.in_(chosen))))
+            queue_tasks(conn, [NewTask(t, "https://example.com/cat.png", labels=args[1]) for t in chosen
+                               if t not in known])
+        elif kind == "relabel":  # plain SQL: the triggers keep the aggregates, not the application
+            conn.execute(task_labels.update().where(task_labels.c.task_uuid == task_uuid(args[0]))
+                         .values(value=args[1]))
+        elif kind == "delete":
+            conn.execute(tasks.delete().where(tasks.c.task_uuid == task_uuid(args[0])))
+
+
+def scan(engine: sa.Engine, key: str, window: Window) -> dict:
+    """Per value of `key`: tasks created in the window by status, finished ones and the successes' cost."""
+    with engine.connect() as conn:
+        pairs = conn.execute(sa.select(tasks, task_labels.c.value)
+                             .join(task_labels, task_labels.c.task_uuid == tasks.c.task_uuid)
+                             .where(task_labels.c.key == key)).all()
+    found: dict[str, list] = {}
+    for t in pairs:
+        figures = found.setdefault(t.value, [Counter(), 0, 0, Decimal(0)])
+        if inside(t.created_at, window):
+            figures[0][t.status] += 1
+        if t.status in FINAL_STATUSES and inside(t.result_at, window):
+            figures[1 if t.status == "success" else 2] += 1
+            if t.status == "success":
+                figures[3] += Decimal(t.cost or 0)
+    return {v: (+c, ok, bad, spend) for v, (c, ok, bad, spend) in found.items() if c or ok or bad}
+
+
+def from_aggregates(engine: sa.Engine, key: str, window: Window) -> dict:
+    with engine.connect() as conn:
+        groups = labels.groups(conn, key, window)
+    return {g.value: (+Counter(g.by_status), g.successes, g.errors, g.spend) for g in groups}
+
+
+def assert_exact(engine: sa.Engine, chosen: list[Window]) -> None:
+    for key in KEYS:
+        for window in chosen:
+            assert from_aggregates(engine, key, window) == scan(engine, key, window), (key, window)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(task_labels.c.key, task_labels.c.value)).all()
+        keys = labels.keys(conn, per_key=2)
+        for key, value in set(rows):  # the filter: exactly the tasks carrying the label
+            page, _ = list_tasks(conn, labels={key: value}, limit=500)
+            expected = {u for u, in conn.execute(sa.select(tasks.c.task_uuid).join(
+                task_labels, task_labels.c.task_uuid == tasks.c.task_uuid).where(
+                task_labels.c.key == key, task_labels.c.value == value))}
+            assert {t["taskUUID"] for t in page} == expected
+            assert all(t["labels"][key] == value for t in page)
+    counts = Counter(rows)
+    assert {k.key: k.tasks for k in keys} == dict(Counter(key for key, _ in rows))
+    for k in keys:
+        ranked = sorted(((v, n) for (key, v), n in counts.items() if key == k.key), key=lambda vn: (-vn[1], vn[0]))
+        assert k.values == ranked[:2] and k.distinct_values == len(ranked)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(operations, min_size=1, max_size=12), chosen=windows)
+def test_groups_from_aggregates_equal_a_full_scan(database_url, ops, chosen):
+    clear(database_url)
+    engine = sa.create_engine(database_url)
+    try:
+        for n, operation in enumerate(ops):
+            apply(engine, operation, n)
+        assert_exact(engine, [Window(), *chosen])
+    finally:
+        engine.dispose()
+
+
+def seed(engine: sa.Engine, count: int = 53) -> dict[str, str]:
+    """Tasks with `count` values of projectId, value n on n + 1 successes costing 0.001 each; two unlabeled."""
+    made = {}
+    at = START + timedelta(minutes=30)
+    batch = []
+    for n in range(count):
+        value = f"proj_{n:02d}"
+        for i in range(n + 1):
+            task = new_uuid()
+            made[task] = value
+            batch.append(Delivery(f"d-{n}-{i}", at, None, 10,
+                                  [Result(task, "success", at, text="x", cost=Decimal("0.001"))],
+                                  [], {"projectId": value, "userId": f"u{i % 3}"}))
+    batch.append(Delivery("d-none", at, None, 10, [Result(new_uuid(), "error", at, error_code="failed")]))
+    batch.append(Delivery("d-none-2", at, None, 10, [Result(new_uuid(), "success", at, text="y",
+                                                            cost=Decimal("0.5"))]))
+    with engine.begin() as conn:
+        save_deliveries(conn, batch)
+    return made
+
+
+def test_group_by_lists_the_50_largest_then_other_then_unlabeled(client, engine):
+    seed(engine)
+    stats = client.get("/api/stats?groupBy=label.projectId", headers=READ).json
+    groups = stats["groups"]
+    assert groups["key"] == "projectId" and groups["distinctValues"] == 53
+    values = groups["values"]
+    assert [g["value"] for g in values] == [f"proj_{n:02d}" for n in range(52, 2, -1)]
+    assert values[0]["tasks"] == {"total": 53, "byStatus": {**dict.fromkeys(STATUSES, 0), "success": 53}}
+    assert values[0]["spend"]["exact"] == "0.0530000000" and values[0]["successRate"] == 1
+    other = groups["other"]
+    assert other["value"] is None and other["tasks"]["total"] == 1 + 2 + 3
+    assert other["spend"]["exact"] == "0.0060000000"
+    unlabeled = groups["unlabeled"]
+    assert unlabeled["tasks"]["byStatus"]["error"] == 1 and unlabeled["tasks"]["total"] == 2
+    assert unlabeled["spend"]["exact"] == "0.5000000000" and unlabeled["successRate"] == 0.5
+    total = sum(g["tasks"]["total"] for g in values) + other["tasks"]["total"] + unlabeled["tasks"]["total"]
+    assert total == stats["tasks"]["total"]
+    spent = sum(Decimal(g["spend"]["exact"]) for g in [*values, other, unlabeled])
+    assert spent == Decimal(stats["spend"]["exact"])
+    window = client.get(f"/api/stats?groupBy=label.userId&since={(START + timedelta(hours=1)).isoformat()}"
+                        .replace("+", "%2B"), headers=READ).json["groups"]
+    # Created now, inside the window; finished at START + 30 min, before it.
+    assert sum(g["tasks"]["total"] for g in window["values"]) == 53 * 54 // 2 and window["other"] is None
+    assert {(g["spend"]["successes"], g["spend"]["exact"], g["successRate"]) for g in window["values"]} == {
+        (0, "0.0000000000", None)}
+
+
+def test_label_filters_combine_with_every_other_filter_and_page_by_cursor(client, engine):
+    made = seed(engine, 8)
+    chosen = {t for t, v in made.items() if v == "proj_07"}
+    seen, cursor = [], None
+    while True:
+        answer = client.get("/api/tasks?label.projectId=proj_07&limit=3&status=success"
+                            + (f"&cursor={cursor}" if cursor else ""), headers=READ).json
+        seen += [t["taskUUID"] for t in answer["tasks"]]
+        cursor = answer["nextCursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(chosen) and len(seen) == 8
+    both = client.get("/api/tasks?label.projectId=proj_07&label.userId=u1&limit=500", headers=READ).json["tasks"]
+    assert len(both) == 3 and all(t["labels"]["userId"] == "u1" for t in both)
+    assert client.get("/api/tasks?label.projectId=proj_07&status=error", headers=READ).json["tasks"] == []
+    assert client.get("/api/tasks?label.projectId=nope", headers=READ).json["tasks"] == []
+
+
+def test_bad_label_parameters_are_400_naming_them(client):
+    cases = {
+        "/api/tasks?label.bad%20key=v": "label.bad key",
+        "/api/tasks?label.projectId=a&label.projectId=b": "label.projectId",
+        "/api/tasks?label.token=x": "label.token",
+        "/api/tasks?labels.projectId=x": "labels.projectId",
+        "/api/stats?groupBy=projectId": "groupBy",
+        "/api/stats?groupBy=label.": "groupBy",
+        "/api/labels?values=0": "values",
+    }
+    for path, parameter in cases.items():
+        response = client.get(path, headers=READ)
+        assert response.status_code == 400, path
+        assert response.json["error"]["parameter"] == parameter, (path, response.json)
+    assert client.get("/api/labels").status_code == 401
+
+
+def test_the_keys_list_their_most_frequent_values(client, engine):
+    seed(engine, 4)
+    answer = client.get("/api/labels?values=2", headers=READ).json["labels"]
+    assert answer == [
+        {"key": "projectId", "tasks": 10, "distinctValues": 4,
+         "values": [{"value": "proj_03", "tasks": 4}, {"value": "proj_02", "tasks": 3}]},
+        {"key": "userId", "tasks": 10, "distinctValues": 3,
+         "values": [{"value": "u0", "tasks": 5}, {"value": "u1", "tasks": 3}]},
+    ]
+
+
+def test_the_views_carry_labels_and_spend_by_label_sums_exactly(engine):
+    made = seed(engine, 3)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT key, value, day, tasks, successes, errors, spend FROM spend_by_label "
+                                    "ORDER BY key, value")).all()
+        labelled = {r.task_uuid: r.labels for r in conn.execute(sa.text("SELECT task_uuid, labels FROM task_results"))}
+        logged = conn.execute(sa.text("SELECT labels FROM delivery_log WHERE id = 'd-2-0'")).scalar()
+    day = START.date().isoformat()
+    assert [(r.key, r.value, str(r.day), r.tasks, r.successes, r.errors, Decimal(str(r.spend))) for r in rows] == [
+        ("projectId", f"proj_{n:02d}", day, n + 1, n + 1, 0, Decimal("0.001") * (n + 1)) for n in range(3)
+    ] + [("userId", f"u{i}", day, 3 - i, 3 - i, 0, Decimal("0.001") * (3 - i)) for i in range(3)]
+
+    def as_dict(value):
+        return value if isinstance(value, dict) else json.loads(value)
+
+    assert {t: as_dict(v)["projectId"] for t, v in labelled.items() if t in made} == made
+    assert [as_dict(v) for t, v in labelled.items() if t not in made] == [{}, {}]
+    assert as_dict(logged) == {"projectId": "proj_02", "userId": "u0"}
