@@ -149,7 +149,7 @@ def tasks_endpoint() -> Response:
 def healthz() -> Response:
     emu = emulator()
     return json_response({"status": "ok", "seed": emu.dice.seed, "pendingTasks": emu.runner.pending(),
-                          "pendingDeliveries": emu.sender.pending()})
+                          "pendingDeliveries": emu.sender.pending() + emu.sessions.pusher.pending()})
 
 
 @bp.get("/_emulator/tasks")

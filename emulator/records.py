@@ -49,9 +49,11 @@ class TaskRecord:
     copies_done: int = 0
 
     def saved(self) -> dict:
-        """The record as the state file keeps it."""
+        """The record as the state file keeps it: the webhook URL's secrets only while the webhook is to be sent."""
         saved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         saved["error"] = None if self.error is None else self.error.saved()
+        if self.webhook_url and self.webhook in ("delivered", "failed", "dropped"):
+            saved["webhook_url"] = redact_url(self.webhook_url)
         return saved
 
     @classmethod

@@ -8,9 +8,12 @@ after the restart, and a webhook still pending is sent again. Webhook attempts
 are not kept. Records older than RETENTION_DAYS are deleted when the file is
 opened (Runware keeps uploads for 30 days).
 
-Every change is written at once (WAL, synchronous=NORMAL: a crash of the process
-loses nothing; a crash of the machine may lose the last changes). The callers
-serialise access (see records.Records).
+A webhook URL is kept with its secrets only until its webhook is delivered,
+given up on or dropped; then with them redacted, and the old row's bytes are
+overwritten (secure_delete). Every change is written at once (WAL,
+synchronous=NORMAL: a crash of the process loses nothing; a crash of the
+machine may lose the last changes). The callers serialise access (see
+records.Records).
 """
 
 from __future__ import annotations
@@ -37,11 +40,13 @@ class StateFile:
 
     def __init__(self, directory: str) -> None:
         path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = path / FILE_NAME
+        self.path.touch(mode=0o600)  # it holds webhook URLs with their tokens while their webhooks are pending
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
         cutoff = time.time() - RETENTION_DAYS * 86400
         with self._db:

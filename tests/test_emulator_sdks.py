@@ -82,6 +82,18 @@ def test_runware_sdk_captions_a_png_over_websocket(emu):
     assert {t["taskUUID"] for t in emu.tasks()} >= {sync[0]["taskUUID"], polled[0]["taskUUID"]}
 
 
+def test_runware_sdk_over_rest_too(emu):
+    async def main():
+        async with Runware(api_key=KEY, transport="rest", http_base_url=emu.url + "/v1") as client:
+            image = data_uri(sample_bytes())
+            sync = await client.run({"taskType": "imageCaption", "inputImage": image, "deliveryMethod": "sync"})
+            polled = await client.run({"taskType": "imageCaption", "inputImage": image, "includeCost": True})
+            return sync, polled
+
+    (sync,), (polled,) = asyncio.run(main())
+    assert sync["text"] == polled["text"] and polled["text"].startswith(SUNSET) and polled["cost"] == SUNSET_COST
+
+
 def test_runware_sdk_fails_cleanly_on_a_bad_key_and_a_non_image(emu):
     async def caption(client):
         return await client.run({"taskType": "imageCaption", "inputImage": "aGVsbG8gd29ybGQ=",
@@ -119,15 +131,19 @@ def test_runware_sdk_survives_a_disconnect_mid_task(start_emulator):
     assert len(emu.tasks()) == 1
 
 
-def test_legacy_sdk_captions_a_png_file_and_a_data_uri(emu, legacy):
+def test_legacy_sdk_captions_png_files_and_a_data_uri(emu, legacy):
+    webp = SAMPLES / "checkerboard.webp"
     answer = run_legacy(legacy, ws_url(emu), KEY, [{"inputImage": str(PNG), "includeCost": True},
-                                                  {"inputImage": data_uri(sample_bytes())}])
-    by_file, by_uri = answer["results"]
+                                                  {"inputImage": data_uri(sample_bytes())},
+                                                  {"inputImages": [str(webp), str(PNG)]}])
+    by_file, by_uri, pair = answer["results"]
     assert by_file["text"].startswith(SUNSET) and by_file["cost"] == SUNSET_COST
     assert by_uri["text"] == by_file["text"] and by_uri["cost"] is None
+    assert pair["text"].startswith("image 1: a square image, 240×240")
+    assert pair["text"].endswith(f"; image 2: {by_file['text']}")
     records = {t["taskUUID"]: t for t in emu.tasks()}
     assert records[by_file["taskUUID"]]["image"]["source"] == "upload"  # the file went up by imageUpload
-    assert [t["taskType"] for t in records.values()].count("imageUpload") == 1
+    assert [t["taskType"] for t in records.values()].count("imageUpload") == 3
 
 
 def test_legacy_sdk_fails_cleanly_on_a_bad_key_and_a_non_image(emu, legacy, tmp_path):

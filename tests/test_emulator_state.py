@@ -8,6 +8,7 @@ import pytest
 
 from emulator.state import RETENTION_DAYS
 from emulator.state import StateFile
+from tests.emulating import TOKEN
 from tests.emulating import EmulatorProcess
 from tests.emulating import b64
 from tests.emulating import caption_task
@@ -56,6 +57,8 @@ def test_a_restarted_emulator_knows_the_tasks_of_the_run_before(tmp_path, receiv
         assert receiver.calls[1]["body"]["data"][0]["text"] == text
     finally:
         assert second.stop() == 0
+    kept = b"".join(f.read_bytes() for f in (tmp_path / "var" / "emulator").iterdir())
+    assert TOKEN.encode() not in kept  # the webhook is delivered: its URL is kept redacted
 
 
 def test_records_older_than_the_retention_are_deleted_when_the_file_is_opened(tmp_path):

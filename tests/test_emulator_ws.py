@@ -191,3 +191,15 @@ def test_disconnect_fault_closes_mid_task_and_the_task_goes_on(start_emulator, w
     done = wait_for(lambda: emu.get_response(task["taskUUID"]).json()["data"][0]["status"] == "success", 5,
                     what="the task to finish")
     assert done
+
+
+def test_delay_fault_holds_back_a_pushed_result(start_emulator, ws_client):
+    emu = start_emulator(delay_ms=400)
+    client = ws_client(emu)
+    client.authenticate()
+    task = caption_task(b64(sample_bytes()), deliveryMethod="async")
+    client.send(task)
+    assert "text" not in client.recv()["data"][0]  # the acknowledgement, at once
+    acknowledged = time.monotonic()
+    (item,) = client.recv()["data"]
+    assert item["taskUUID"] == task["taskUUID"] and time.monotonic() - acknowledged >= 0.3
