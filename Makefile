@@ -42,7 +42,7 @@ endef
 
 run: venv ## run the whole stack locally behind one URL (private Redis and nginx, intake, api, workers, cron, emulator)
 	$(call debian_package,nginx,nginx,run,two URLs and no front)
-	$(BIN)/python deploy/launch.py
+	@$(BIN)/python deploy/launch.py
 
 test: venv ## run the test suite; pass options with PYTEST_ARGS='-k webhook -x'
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

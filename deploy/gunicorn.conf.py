@@ -29,8 +29,9 @@ or `?apiKey=...`) or in a header, so no log line written by gunicorn may contain
   every error and access log record, tracebacks included. The access log names
   no header but X-Forwarded-For.
 
-Every line is one JSON object (logs.py): gunicorn's error and access logs, and
-the app's own loggers, which propagate to the root logger configured here.
+Every line is one JSON object, or a short line with LOG_FORMAT=console (logs.py):
+gunicorn's error and access logs, and the app's own loggers, which propagate to the
+root logger configured here.
 
 Metrics: PROMETHEUS_MULTIPROC_DIR is where every process keeps its Prometheus
 counters for `/metrics` to add up (receiver/metrics.py). Give the web and worker
@@ -51,7 +52,7 @@ from pathlib import Path
 from gunicorn.glogging import Logger
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import logs  # noqa: E402  (the project's JSON log format)
+import logs  # noqa: E402  (the project's log formats)
 
 KINDS = {"intake": "wsgi:intake", "api": "wsgi:app"}
 """APP_KIND -> the app it serves."""
@@ -148,8 +149,7 @@ class RedactingLogger(Logger):
         for log in (self.error_log, self.access_log):
             if not any(isinstance(f, RedactQueryStrings) for f in log.filters):
                 log.addFilter(RedactQueryStrings())
-            for handler in log.handlers:
-                handler.setFormatter(logs.JsonFormatter())
+            logs.route(log)
 
 
 logger_class = RedactingLogger

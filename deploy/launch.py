@@ -17,17 +17,33 @@ intake's gunicorn and the rest to the api's, each on a free loopback port, as
 production's nginx does. Where nginx cannot be found, the launcher says so, the
 api takes HOST:PORT, the intake a port of its own, and both URLs are printed.
 
-Ctrl-C or SIGTERM stops the processes, then the private redis-server.
+In development the processes log short lines (LOG_FORMAT=console, logs.py), the
+libraries' chatter going to var/log/service.log only; the samples are captioned
+once the stack is ready, and the banner (URLs, tokens, next steps) comes last.
+
+Stopping. Ctrl-C or SIGTERM asks every process to stop (SIGTERM to its group: RQ's
+warm shutdown, gunicorn's graceful one); whatever still runs after STOP_WARM_S gets
+SIGTERM again (RQ's cold shutdown: the job in hand is killed), and after STOP_COLD_S
+more, every process left in its session gets SIGKILL; then the private redis-server
+stops. Each Ctrl-C after the first takes the next step at once. Ctrl-C ends with exit
+status 0, SIGTERM with 143. Every process the launcher starts leads a session of its
+own, and a guard process (`Guard`) kills those sessions if the launcher itself dies
+without stopping them (SIGKILL, a crash). The launcher takes the terminal's
+foreground in a process group of its own, so Ctrl-C reaches it and not `make`.
+
 `python deploy/launch.py migrate` does steps 1 and 4 only (`make migrate`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import multiprocessing
 import os
 import queue
 import secrets
+import select
 import shlex
 import shutil
 import signal
@@ -41,11 +57,13 @@ import uuid
 from pathlib import Path
 
 from honcho.environ import parse_procfile
-from honcho.manager import KILL_WAIT
 from honcho.manager import SIGNALS
 from honcho.manager import Manager
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import logs  # noqa: E402  (the project's log formats, as its processes will use them)
+
 DEPLOY = ROOT / "deploy"
 VAR = ROOT / "var"
 SECRETS_FILE = VAR / "secrets.env"
@@ -65,6 +83,21 @@ RESTART_DELAYS = (1, 2, 5, 10, 30)
 
 STEADY_AFTER_S = 60.0
 """A process that ran this long before it exited is started again after the shortest delay."""
+
+STOP_WARM_S = 10.0
+"""After Ctrl-C or SIGTERM, how long the processes have to finish what they do (RQ's warm shutdown)."""
+
+STOP_COLD_S = 5.0
+"""Then, after a second SIGTERM (RQ's cold shutdown), how long before SIGKILL to what is left of their sessions."""
+
+REDIS_STOP_S = 10.0
+"""How long the private redis-server has to write its data and exit before it is killed."""
+
+SETTLE_S, SETTLE_MAX_S = 0.5, 3.0
+"""Before the banner, how long the processes must have printed nothing (waiting at most SETTLE_MAX_S)."""
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2): the signal a process gets when its parent dies (Linux)."""
 
 
 def ensure_secrets(path: Path = SECRETS_FILE) -> dict[str, str]:
@@ -102,6 +135,8 @@ def base_env() -> dict[str, str]:
     env.setdefault("HOST", "127.0.0.1")
     env.setdefault("PORT", "8000")
     env["PYTHONUNBUFFERED"] = "1"
+    if env["APP_ENV"] == "development":
+        env.setdefault("LOG_FORMAT", "console")
     # The Procfile says `python`, `gunicorn`, `rq`: take them from this interpreter's environment.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     if env["APP_ENV"] == "development":
@@ -246,7 +281,7 @@ def redis_answers(port: int) -> bool:
         return False
 
 
-def stop(proc: subprocess.Popen | None, timeout: float = 30) -> None:
+def stop(proc: subprocess.Popen | None, timeout: float = REDIS_STOP_S) -> None:
     """Stop a child process: SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
     if proc is None or proc.poll() is not None:
         return
@@ -267,7 +302,6 @@ def processes(env: dict[str, str]) -> dict[str, str]:
     if not (ROOT / "workers" / "schedule.py").exists() and not (ROOT / "workers" / "schedule").is_dir():
         print("launch: workers/schedule.py not found; running without the cron process", flush=True)
         procs.pop("cron", None)
-    sys.path.insert(0, str(ROOT))
     from config import Config  # the project's settings, as its processes will read them
 
     for n in range(2, Config.from_env(env).persist_concurrency + 1):
@@ -321,56 +355,144 @@ def webhook_base(env: dict[str, str]) -> str:
     return local_url(env) if fronted(env) else reachable(env["INTAKE_BIND"])
 
 
-def after_ready(env: dict[str, str]) -> None:
-    """Runs once the stack answers /readyz: the banner (URLs, tokens, sample requests), then the samples.
+def caption_samples(env: dict[str, str], stopping: threading.Event, guard: Guard) -> bool:
+    """Caption the images in samples/ through the running stack, printing each caption and cost as it lands.
 
-    The one place where tokens are printed.
+    The command leads a session of its own, so that the stop of the stack ends it too;
+    True when it ran to its end.
     """
-    banner(env)
-    caption_samples(env)
-
-
-def caption_samples(env: dict[str, str]) -> None:
-    """Caption the images in samples/ through the running stack, printing each caption and cost as it lands."""
     print("Captioning the sample images (samples/) through the service:\n", flush=True)
     images = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "samples").iterdir()
                     if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
     command = [sys.executable, "-m", "flask", "--app", "wsgi", "captions", "submit", *images, "--wait"]
-    subprocess.run(command, cwd=ROOT, env=env)
-    base, tok = local_url(env), tokens(env)
-    lines = [
-        f"Dashboard:     {base}/dashboard   (sign in with the read token)",
-        f"Task list:     curl -sS -H 'Authorization: Bearer {tok['READ_TOKENS']}' {base}/api/tasks",
-        f"Totals:        curl -sS -H 'Authorization: Bearer {tok['READ_TOKENS']}' {base}/api/stats",
-        "Your images:   .venv/bin/flask --app wsgi captions submit PATH_OR_URL... --wait",
-    ]
-    print("\n".join(["", *lines, ""]), flush=True)
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+    guard.watch(proc.pid)
+    while proc.poll() is None:
+        if stopping.wait(0.1):
+            kill_session(proc.pid, signal.SIGTERM)
+            proc.wait()
+    return not stopping.is_set()
 
 
 def banner(env: dict[str, str]) -> None:
-    """URLs, tokens and a curl line to post a result and one to read it back."""
+    """URLs, tokens, a curl line to post a result and one to read it back, and what to do next.
+
+    The one place where tokens are printed.
+    """
     base, tok, task = local_url(env), tokens(env), str(uuid.uuid4())
     body = json.dumps({"data": [{"taskType": "imageCaption", "taskUUID": task, "text": "a caption", "cost": 0.0019}]})
     webhook = f"{webhook_base(env)}/webhooks/runware?token={tok['WEBHOOK_TOKENS']}"
     post = ["curl", "-sS", "-X", "POST", webhook, "-H", "Content-Type: application/json", "-d", body]
     read = ["curl", "-sS", "-H", f"Authorization: Bearer {tok['READ_TOKENS']}", f"{base}/api/tasks/{task}"]
+    bearer = f"-H 'Authorization: Bearer {tok['READ_TOKENS']}'"
     lines = [
         f"Ready at {base}   (Ctrl-C stops everything)" if fronted(env) else
         f"Ready: webhooks at {webhook_base(env)}, everything else at {base} (no nginx; Ctrl-C stops everything)",
         "",
+        f"Dashboard:     {base}/dashboard   (sign in with the read token)",
         f"Webhook URL:   {webhook}",
         f"Read token:    {tok['READ_TOKENS']}",
         f"Submit token:  {tok['SUBMIT_TOKENS']}",
         f"Runware API:   {env.get('RUNWARE_API_URL') or '(not set)'}",
+    ]
+    if env.get("LOG_FORMAT") == "console":
+        lines.append(f"Logs:          {logs.SERVICE_LOG.relative_to(ROOT)} (every process's lines, RQ's and gunicorn's"
+                     " included)")
+    lines += [
         "",
         "Send a sample result, then read it back:",
         "",
         "  " + shlex.join(post),
         "",
         "  " + shlex.join(read),
+        "",
+        f"Task list:     curl -sS {bearer} {base}/api/tasks",
+        f"Totals:        curl -sS {bearer} {base}/api/stats",
+        "Your images:   .venv/bin/flask --app wsgi captions submit PATH_OR_URL... --wait",
     ]
     rule = "=" * 78
     print("\n".join(["", rule, *lines, rule, ""]), flush=True)
+
+
+def session_members(sid: int) -> list[int]:
+    """The processes of session `sid` (Linux: from /proc; elsewhere its leader's process group is all we can find)."""
+    if not Path("/proc/self/stat").exists():
+        return [sid]
+    members = []
+    for entry in Path("/proc").iterdir():
+        try:
+            # After the command's closing parenthesis: state, ppid, pgrp, session, ...
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and int(fields[3]) == sid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def kill_session(sid: int, sig: int) -> list[int]:
+    """Send `sig` to every process of session `sid`; return the pids it went to."""
+    members = session_members(sid)
+    for pid in members:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+    if not Path("/proc/self/stat").exists():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(sid, sig)
+    return members
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (a no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class Guard:
+    """A process of its own that ends the stack if the launcher dies without stopping it (SIGKILL, a crash).
+
+    The launcher tells it the session of each process it starts (`watch`); once the
+    launcher is gone (its parent changes) or has closed the pipe (`close`, at the end
+    of a clean stop), it SIGKILLs whatever is left in those sessions and exits.
+    """
+
+    def __init__(self):
+        read, self._pipe = os.pipe()
+        parent = os.getpid()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self._pipe)
+            os.setsid()  # not in the launcher's process group: a kill of the group leaves the guard standing
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self._serve(read, parent)
+            os._exit(0)
+        os.close(read)
+
+    @staticmethod
+    def _serve(read: int, parent: int) -> None:
+        sessions, pending = set(), b""
+        while os.getppid() == parent:
+            ready, _, _ = select.select([read], [], [], 0.2)
+            if ready:
+                data = os.read(read, 4096)
+                if not data:
+                    break
+                *lines, pending = (pending + data).split(b"\n")
+                sessions.update(int(line) for line in lines)
+        for _ in range(10):  # until no process is left (one may fork while we kill)
+            if not [pid for sid in sessions for pid in kill_session(sid, signal.SIGKILL)]:
+                return
+            time.sleep(0.1)
+
+    def watch(self, pid: int) -> None:
+        """End the session that `pid` leads if the launcher dies."""
+        os.write(self._pipe, b"%d\n" % pid)
+
+    def close(self) -> None:
+        """The stack is stopped: let the guard make sure of it, and wait for it."""
+        os.close(self._pipe)
+        os.waitpid(self.pid, 0)
 
 
 class Supervisor(Manager):
@@ -380,39 +502,59 @@ class Supervisor(Manager):
     dies would take the web server and every other worker down with it. Here a
     process that exits while the stack runs is reported with its exit status and
     started again after a backoff (RESTART_DELAYS); the others go on. Ctrl-C or
-    SIGTERM still stops everything, as honcho does.
+    SIGTERM stops everything in bounded steps (the module's docstring).
     """
 
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], guard: Guard | None = None):
         super().__init__()
         self.env = env
+        self.guard = guard or Guard()
         self.stopping = threading.Event()
         self.restarts: dict[str, int] = {}
         self.started_at: dict[str, float] = {}
         self.due: dict[str, float] = {}
+        self.stop_step = 0
+        self.stop_started = self.step_at = self.last_line_at = 0.0
 
     def _start(self):
-        # The readiness thread starts after honcho has forked its process runners.
-        super()._start()
+        for name in self._processes:
+            self._run(name)
+        # The readiness thread starts after the process runners are forked.
         threading.Thread(target=self._when_ready, daemon=True).start()
 
+    def _run(self, name: str) -> None:
+        """Fork the runner of process `name`: it starts the command in a session of its own and relays its output."""
+        def runner():
+            die_with_parent()
+            proc["obj"].run(self.events, True)
+
+        proc = self._processes[name]
+        proc["process"] = multiprocessing.Process(name=name, target=runner)
+        proc["process"].start()
+
     def _when_ready(self):
-        if wait_ready(self.env, self.stopping):
-            after_ready(self.env)
-        elif not self.stopping.is_set():
-            print(f"launch: {local_url(self.env)}/readyz did not answer 200 within {READY_TIMEOUT:.0f}s", flush=True)
+        if not wait_ready(self.env, self.stopping):
+            if not self.stopping.is_set():
+                print(f"launch: {local_url(self.env)}/readyz did not answer 200 within {READY_TIMEOUT:.0f}s",
+                      flush=True)
+            return
+        if caption_samples(self.env, self.stopping, self.guard):
+            deadline = time.monotonic() + SETTLE_MAX_S  # the drain's last line first, then the banner
+            while time.monotonic() - self.last_line_at < SETTLE_S and time.monotonic() < deadline:
+                time.sleep(0.05)
+            banner(self.env)
 
     def loop(self):
-        """honcho's loop, except that a process that exits is started again instead of ending the stack."""
+        """honcho's loop, except that a process that exits is started again, and a stop goes in steps."""
         def on_signal(signum, frame):
-            self._system_print(f"{SIGNALS[signum]['name']} received\n")
-            self.returncode = SIGNALS[signum]["rc"]
+            if self.stop_step == 0:
+                self._system_print(f"{SIGNALS[signum]['name']} received\n")
+                self.returncode = 0 if signum == signal.SIGINT else SIGNALS[signum]["rc"]
             self.terminate()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         self._start()
-        kill_at = None
         while not (self._terminating and self._all_stopped()):
             try:
                 self._handle(self.events.get(timeout=0.1))
@@ -420,21 +562,25 @@ class Supervisor(Manager):
                 pass
             if not self._terminating:
                 self._restart_due()
-            elif kill_at is None:
-                kill_at = time.monotonic() + KILL_WAIT
-            elif time.monotonic() > kill_at:
-                self.kill()
+            elif time.monotonic() >= self.step_at:
+                if self.stop_step == 3:  # killed, but a runner has not reported it: do not wait for ever
+                    self._system_print(f"gave up waiting for {', '.join(self._running())}\n")
+                    break
+                self.terminate()
+        self._system_print(f"stopped in {time.monotonic() - self.stop_started:.1f}s\n")
 
     def _handle(self, msg) -> None:
         proc = self._processes.get(msg.name)
         if msg.type == "line":
             self._printer.write(msg)
+            self.last_line_at = time.monotonic()
         elif msg.type == "start":
             proc["pid"] = msg.data["pid"]
+            self.guard.watch(proc["pid"])
             self.started_at[msg.name] = time.monotonic()
             self._system_print(f"{msg.name} started (pid={proc['pid']})\n")
             if self._terminating:  # started again just as the stack was asked to stop
-                self._procmgr.terminate(proc["pid"])
+                kill_session(proc["pid"], signal.SIGKILL if self.stop_step >= 3 else signal.SIGTERM)
         elif msg.type == "stop":
             proc["returncode"] = msg.data["returncode"]
             if self._terminating:
@@ -456,19 +602,36 @@ class Supervisor(Manager):
             proc = self._processes[name]
             proc.pop("returncode", None)
             proc["pid"] = None
-            proc["process"] = multiprocessing.Process(name=name, target=proc["obj"].run, args=(self.events, True))
-            proc["process"].start()
+            self._run(name)
 
-    def _killall(self, force=False):
-        # A process started again but not yet running has no pid: it is stopped when its start is seen.
-        for name, proc in self._processes.items():
-            if "returncode" not in proc and proc.get("pid") is not None:
-                self._system_print(f"sending {'SIGKILL' if force else 'SIGTERM'} to {name} (pid {proc['pid']})\n")
-                (self._procmgr.kill if force else self._procmgr.terminate)(proc["pid"])
+    def _running(self) -> dict[str, int]:
+        """name -> pid of each process still running (one started again but not yet running has no pid yet)."""
+        return {name: proc["pid"] for name, proc in self._processes.items()
+                if "returncode" not in proc and proc.get("pid") is not None}
 
     def terminate(self):
-        self.stopping.set()
-        super().terminate()
+        """Take the next step of the stop: SIGTERM (warm), SIGTERM again (cold), SIGKILL of the sessions."""
+        now, running = time.monotonic(), self._running()
+        names = ", ".join(running) or "nothing"
+        if self.stop_step == 0:
+            self.stopping.set()
+            self._terminating, self.stop_started = True, now
+            self.due.clear()
+            self._system_print("stopping everything (Ctrl-C again to stop at once)\n")
+            self.step_at = now + STOP_WARM_S
+        elif self.stop_step == 1:
+            self._system_print(f"still running after {now - self.stop_started:.0f}s: {names}; "
+                               "stopping them cold (RQ: the jobs in hand are killed)\n")
+            self.step_at = now + STOP_COLD_S
+        else:
+            self._system_print(f"still running after {now - self.stop_started:.0f}s: {names}; killing them\n")
+            self.step_at = now + STOP_COLD_S
+        self.stop_step += 1
+        for pid in running.values():
+            if self.stop_step < 3:
+                self._procmgr.terminate(pid)
+            else:
+                kill_session(pid, signal.SIGKILL)
 
 
 def main(argv: list[str]) -> int:
@@ -481,23 +644,63 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[1:]:
         sys.exit(f"usage: {argv[0]} [migrate]")
-    redis = None
+    redis = guard = None
+    with foreground():
+        try:
+            guard = Guard()
+            if not env.get("REDIS_URL"):
+                redis = start_redis(env)
+                guard.watch(redis.pid)
+            migrate(env)
+            reset_metrics_dir(env)
+            rotate_service_log(env)
+            supervisor = Supervisor(env, guard)
+            for name, cmd in processes(env).items():
+                supervisor.add_process(name, cmd, env=env, cwd=str(ROOT))
+            supervisor.loop()
+            return supervisor.returncode or 0
+        except KeyboardInterrupt:
+            print("launch: interrupted", flush=True)
+            return 0
+        finally:
+            if redis is not None:
+                print("launch: stopping redis-server", flush=True)
+                stop(redis)
+            if guard is not None:
+                guard.close()
+
+
+@contextlib.contextmanager
+def foreground():
+    """Run in a process group of our own, in the terminal's foreground if our group had it.
+
+    The terminal's Ctrl-C then reaches the launcher (and what it runs in its group)
+    and not `make`, which would otherwise stop with "Interrupt" or "Error 130"
+    whatever the launcher does; the group that had the terminal gets it back at the end.
+    """
+    fd = sys.stdin.fileno() if sys.stdin and sys.stdin.isatty() else None
+    before = os.tcgetpgrp(fd) if fd is not None else None
+    if before != os.getpgrp() or os.getpid() == os.getpgrp():
+        yield
+        return
+    os.setpgid(0, 0)
+    # A background group may not set the foreground; and Ctrl-Z would stop us but not `make`, which
+    # the shell waits for: the terminal would hang, so it is ignored.
+    handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTTOU, signal.SIGTSTP)}
     try:
-        if not env.get("REDIS_URL"):
-            redis = start_redis(env)
-        migrate(env)
-        reset_metrics_dir(env)
-        supervisor = Supervisor(env)
-        for name, cmd in processes(env).items():
-            supervisor.add_process(name, cmd, env=env, cwd=str(ROOT))
-        supervisor.loop()
-        return supervisor.returncode or 0
-    except KeyboardInterrupt:
-        return 130
+        os.tcsetpgrp(fd, os.getpgrp())
+        yield
     finally:
-        if redis is not None:
-            print("launch: stopping redis-server", flush=True)
-            stop(redis)
+        with contextlib.suppress(OSError):
+            os.tcsetpgrp(fd, before)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def rotate_service_log(env: dict[str, str]) -> None:
+    """Keep the previous run's var/log/service.log as service.log.1; this run's starts empty."""
+    if env.get("LOG_FORMAT") == "console" and logs.SERVICE_LOG.exists():
+        logs.SERVICE_LOG.replace(logs.SERVICE_LOG.with_name(logs.SERVICE_LOG.name + ".1"))
 
 
 if __name__ == "__main__":
