@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import tempfile
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -96,6 +97,11 @@ class Config:
     max_submit_body_bytes: int = 64 * 1024 * 1024
     # The readers' database budget per request (store/db.py): past it a read is cancelled and answered 503.
     read_timeout_ms: int = 5000
+    # The host's budget of readers' requests in the database at once (receiver/read_budget.py); 0: no bound.
+    read_concurrency: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2))
+    read_queue_ms: int = 2000
+    read_slots_dir: str = field(
+        default_factory=lambda: str(Path(tempfile.gettempdir()) / f"captions-read-slots-{os.getuid()}"))
     # Standard Webhooks signatures (receiver/signatures.py): required when keys are set.
     webhook_signing_keys: tuple[bytes, ...] = field(default=(), repr=False)
     webhook_signature_tolerance_seconds: int = 300
@@ -151,6 +157,7 @@ class Config:
             admin_tokens=_tokens(env.get("ADMIN_TOKENS")),
             webhook_signing_keys=signing_keys(env.get("WEBHOOK_SIGNING_SECRETS")),
             metrics_tokens=_tokens(env.get("METRICS_TOKENS")),
+            **({"read_slots_dir": env["READ_SLOTS_DIR"]} if env.get("READ_SLOTS_DIR", "").strip() else {}),
             **numbers,
         )
 
@@ -183,6 +190,9 @@ INTEGER_SETTINGS = {
     "INTAKE_CHECK_INTERVAL_MS": (10, "how often each web process looks at Redis memory and the backlog"),
     "READ_TIMEOUT_MS": (1, "how long a reader's request may spend in the database before its query is cancelled "
                            "and it is answered 503 (well below gunicorn's 30 s worker timeout)"),
+    "READ_CONCURRENCY": (0, "readers' requests in the database at once on this host, all api processes together "
+                            "(0: no bound; default half the cores, at least 1)"),
+    "READ_QUEUE_MS": (0, "how long a reader's request waits for one of those before it is answered 503"),
 }
 """Integer settings: the smallest value each accepts, and what it means. The field is the name in lower case."""
 

@@ -10,8 +10,9 @@ Read from the environment: APP_KIND (default api), HOST and PORT (default
 WEB_CONCURRENCY (worker processes, default 2 * cores + 1), LOG_LEVEL (default info),
 API_NICE (the api workers' CPU niceness, default 10).
 
-Bounded reads: the api's workers are sync, one request each, so at most
-WEB_CONCURRENCY read queries run at once per api gunicorn; each request's
+Bounded reads: the api's workers are sync, one request each, and at most
+READ_CONCURRENCY of them hold a database connection at once on the host
+(receiver/read_budget.py, however many api gunicorns there are); each request's
 database work is cancelled after READ_TIMEOUT_MS (config.py, default 5 s; at
 most twice that on PostgreSQL, see store/db.py) and answered 503 with
 Retry-After, well before the 30 s worker timeout below could kill it unanswered.

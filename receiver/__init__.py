@@ -12,11 +12,14 @@ deploy/nginx.conf sends /webhooks/ to the intake's gunicorn and the rest to the 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flask import Flask
 
 from config import Config
 from receiver.errors import register_database_error_handlers
 from receiver.errors import register_error_handlers
+from receiver.read_budget import ReadBudget
 from workers.queues import connect
 
 KINDS = ("intake", "api")
@@ -36,6 +39,9 @@ def create_app(config: Config | None = None, kind: str = "api") -> Flask:
     if kind == "intake":
         register_intake(app)
     else:
+        if config.read_concurrency:
+            app.extensions["read_budget"] = ReadBudget(Path(config.read_slots_dir), config.read_concurrency,
+                                                       config.read_queue_ms)
         register_readers(app)
         register_database_error_handlers(app)
         register_commands(app)

@@ -11,6 +11,7 @@ from flask import jsonify
 from flask import request
 from werkzeug.exceptions import HTTPException
 
+from receiver.read_budget import ReadBudgetExhausted
 from store.db import ReadTimeout
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,11 @@ def register_database_error_handlers(app: Flask) -> None:
     def read_timeout(exc: ReadTimeout):
         log.warning("read cancelled after %d ms: %s %s", exc.timeout_ms, request.method, request.path)
         return retry_later("read_timeout", f"{exc}; retry later, or ask for a narrower window")
+
+    @app.errorhandler(ReadBudgetExhausted)
+    def read_budget_exhausted(exc: ReadBudgetExhausted):
+        log.warning("read refused, %s: %s %s", exc, request.method, request.path)
+        return retry_later("read_budget", f"{exc}; retry later")
 
     def database_unavailable(exc: sa.exc.SQLAlchemyError):
         log.error("database unavailable: %s on %s %s", type(exc).__name__, request.method, request.path)

@@ -7,6 +7,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from config import Config
+from receiver.read_budget import BudgetedEngine
 from store.db import engine_for
 from store.db import reader_engine_for
 
@@ -19,10 +20,13 @@ def redis_client() -> redis.Redis:
     return current_app.extensions["redis"]
 
 
-def engine() -> sa.Engine:
-    """The readers' engine: a request's database work is cancelled past READ_TIMEOUT_MS (store/db.py)."""
+def engine() -> sa.Engine | BudgetedEngine:
+    """The readers' engine: a request's database work is cancelled past READ_TIMEOUT_MS (store/db.py) and,
+    in the api's processes, held under the host's read budget (receiver/read_budget.py)."""
     config = settings()
-    return reader_engine_for(config.database_url, config.read_timeout_ms)
+    readers = reader_engine_for(config.database_url, config.read_timeout_ms)
+    budget = current_app.extensions.get("read_budget")
+    return BudgetedEngine(readers, budget) if budget is not None else readers
 
 
 def writer_engine() -> sa.Engine:

@@ -8,6 +8,7 @@ absent they are skipped, unless REQUIRE_POSTGRES=1 (as in CI), when they fail.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 
 import pytest
@@ -23,6 +24,9 @@ from store.schema import metadata
 from tests import reporting_data
 from tests.support import RedisServer
 from tests.support import with_intake
+
+# Each test session gets a read budget of its own (receiver/read_budget.py): sessions on one host share no slots.
+os.environ["READ_SLOTS_DIR"] = tempfile.mkdtemp(prefix="read-slots-")
 
 PG_URL = normalise_url(os.environ.get("DATABASE_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test"))
 TOKENS = {"WEBHOOK_TOKENS": "hook-old,hook-new", "READ_TOKENS": "read-token", "SUBMIT_TOKENS": "submit-token"}

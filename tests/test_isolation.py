@@ -98,7 +98,7 @@ def assert_cancelled(response: requests.Response) -> None:
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_webhooks_are_answered_while_every_api_worker_waits_on_a_read(postgres_url, redis_url):
-    env = env_for(redis_url, postgres_url, READ_TIMEOUT_MS=str(READ_TIMEOUT_MS))
+    env = env_for(redis_url, postgres_url, READ_TIMEOUT_MS=str(READ_TIMEOUT_MS), READ_CONCURRENCY=str(API_WORKERS))
     servers = WebServers(env, workers=API_WORKERS).start()
     holder = sa.create_engine(postgres_url)
     try:
