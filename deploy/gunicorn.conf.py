@@ -172,6 +172,10 @@ def on_starting(server):
 def post_fork(server, worker):
     if kind == "api" and api_nice:
         os.nice(api_nice)
+    if kind == "api":
+        from receiver import exports
+
+        exports.keep_alive = worker.notify  # a long export is alive while chunks flow (receiver/exports.py)
 
 
 def child_exit(server, worker):

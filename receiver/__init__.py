@@ -62,12 +62,13 @@ def register_readers(app: Flask) -> None:
     from receiver import admin
     from receiver import api
     from receiver import dashboard
+    from receiver import exports
     from receiver import health
     from receiver import intake_status
     from receiver import metrics
     from receiver import submit
 
-    for module in (api, submit, admin, health, metrics, dashboard, intake_status):
+    for module in (api, exports, submit, admin, health, metrics, dashboard, intake_status):
         app.register_blueprint(module.bp)
 
 

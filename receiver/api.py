@@ -1,6 +1,6 @@
 """The query API for dashboards and callers, read token required, JSON, never cached.
 
-- `GET /api/tasks/<taskUUID>`: one task.
+- `GET /api/tasks/<taskUUID>`: one task, with its history (deliveries, submission attempts, polls).
 - `GET /api/tasks?status=&source=&since=&until=&q=&limit=&cursor=`: tasks, newest first, in pages.
   `q` searches captions by word through a full-text index (`store.search`):
   `red car` (every word), `"red car"` (a phrase: those words in that order),
@@ -33,6 +33,7 @@ from receiver.params import ParamError
 from receiver.params import Params
 from receiver.params import encode_cursor
 from receiver.state import engine
+from store import history
 from store import labels as labels_from
 from store import queries
 from store import stats as stats_from
@@ -124,11 +125,14 @@ def get_task(task_uuid: str):
 
 
 def task_response(task_uuid: str):
-    """One stored task as JSON; 400 for a malformed taskUUID, 404 for an unknown one."""
+    """One stored task as JSON with its `history` (store/history.py); 400 for a malformed taskUUID, 404 for an
+    unknown one."""
     if not UUID_RE.match(task_uuid):
         return error_response(400, "taskUUID must be a UUID")
-    with engine().connect() as conn:
+    with engine().connect() as conn, queries.read_snapshot(conn).begin():
         task = queries.get_task(conn, task_uuid.lower())
+        if task is not None:
+            task["history"] = history.task_history(conn, task_uuid.lower())
     if task is None:
         return error_response(404, f"no task {task_uuid.lower()}")
     return jsonify(task)
@@ -138,20 +142,31 @@ def task_response(task_uuid: str):
 @require_bearer("read_tokens")
 def list_tasks():
     """Tasks, most recently updated first; follow `nextCursor` for the next page."""
-    labels, args = label_filters(request.args)
-    params = Params(args, ("status", "source", "since", "until", "q", "limit", "cursor", "label.K"))
-    statuses = params.choices("status", STATUSES)
-    sources = params.choices("source", SOURCES)
-    since, until = params.time_range()
-    search = params.search("q")
+    filters, params = list_filters(request.args, ("limit", "cursor"))
     limit = params.integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     after = params.cursor("cursor")
     with engine().connect() as conn:
-        page, last = queries.list_tasks(
-            conn, statuses=statuses, sources=sources, window=queries.Window(since, until),
-            search=search, labels=labels, after=after, limit=limit,
-        )
+        page, last = queries.list_tasks(conn, **filters, after=after, limit=limit)
     return jsonify(tasks=page, limit=limit, nextCursor=encode_cursor(*last) if last else None)
+
+
+LIST_FILTERS = ("status", "source", "since", "until", "q", "label.K")
+"""The query parameters that choose which tasks the list (and its exports, receiver/exports.py) holds."""
+
+
+def list_filters(args, also: tuple[str, ...] = ()) -> tuple[dict, Params]:
+    """The list's filters in a query string, as keyword arguments of `store.queries.list_tasks`, and the
+    query string's other parameters (`also` names those allowed beside the filters)."""
+    labels, rest = label_filters(args)
+    params = Params(rest, (*LIST_FILTERS, *also))
+    filters = {
+        "statuses": params.choices("status", STATUSES),
+        "sources": params.choices("source", SOURCES),
+        "window": queries.Window(*params.time_range()),
+        "search": params.search("q"),
+        "labels": labels,
+    }
+    return filters, params
 
 
 @bp.get("/stats")

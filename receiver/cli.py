@@ -8,12 +8,16 @@ With `--wait` the command stays until every task has finished, printing each
 caption and its cost as it lands, then a summary: tasks, failures, total cost,
 elapsed time. It exits 1 if any input was refused or any task failed or was
 still unfinished at `--timeout`.
+
+`flask --app wsgi captions export FORMAT [NAME=VALUE]…` (receiver/exports.py) writes
+the tasks the list's filters choose as CSV, NDJSON or caption sidecar files.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from flask.cli import AppGroup
 
 from receiver import images
 from receiver import labels as label_rules
+from receiver.exports import export_command
 from receiver.state import engine
 from receiver.state import settings
 from receiver.submit import OptionError
@@ -32,7 +37,8 @@ from store import submissions
 from store.schema import FINAL_STATUSES
 from workers.payloads import UUID_RE
 
-cli = AppGroup("captions", help="Caption images through Runware.")
+cli = AppGroup("captions", help="Caption images through Runware, and export what came back.")
+cli.add_command(export_command)
 
 QUEUE_CHUNK = 100
 """Tasks stored (and handed to the submit workers) per transaction."""
@@ -142,6 +148,8 @@ def submit(sources, model, include_cost, delivery, labels, wait, timeout, interv
                 problems.append(f"{name}: {outcome.error}")
                 continue
             queued.append((outcome.task_uuid, name))
+            if isinstance(value, Path):  # kept for `captions export sidecars`
+                new = [replace(task, input_path=str(value.resolve())) for task in new]
             batch += new
             if len(batch) >= QUEUE_CHUNK:
                 store_and_submit(batch)

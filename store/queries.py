@@ -13,6 +13,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from store import search as search_query
+from store.schema import UTCDateTime
 from store.schema import task_labels
 from store.schema import tasks
 
@@ -76,15 +77,19 @@ def carries(key: str, value: str) -> sa.ColumnElement:
     return sa.exists().where(label.task_uuid == tasks.c.task_uuid, label.key == key, label.value == value)
 
 
+TIME_FIELDS = tuple(name for name, column in PUBLIC_FIELDS.items() if isinstance(column.type, UTCDateTime))
+"""The fields of PUBLIC_FIELDS that hold times (shown in ISO 8601)."""
+
+
 def task_json(row: sa.Row, labels: tuple[dict[str, str], list[str]] | None = None) -> dict:
     """A task row as JSON-ready values (ISO times, cost as a number of USD), with its labels.
 
     `labelConflicts` lists the keys that a submission or delivery gave another value (see store.results).
     """
     record = dict(zip(PUBLIC_FIELDS, row))
-    for name, value in record.items():
-        if hasattr(value, "isoformat"):
-            record[name] = value.isoformat()
+    for name in TIME_FIELDS:  # exports run this for every row
+        if record[name] is not None:
+            record[name] = record[name].isoformat()
     if record["cost"] is not None:
         record["cost"] = float(record["cost"])
     record["labels"], record["labelConflicts"] = labels or ({}, [])

@@ -35,6 +35,7 @@ from sqlalchemy.dialects import sqlite
 from store.schema import FINAL_STATUSES
 from store.schema import STATUSES
 from store.schema import deliveries
+from store.schema import task_events
 from store.schema import task_labels
 from store.schema import tasks
 from store.schema import utcnow
@@ -131,6 +132,26 @@ def merge_labels(conn: sa.Connection, labels: Iterable[Label]) -> int:
     return len(rows)
 
 
+@dataclass(frozen=True)
+class Event:
+    """One line of a task's history (`task_events`): a delivery item, a submission attempt or a poll."""
+
+    task_uuid: str
+    at: datetime
+    kind: str
+    status: str | None = None
+    detail: str | None = None
+    delivery_id: str | None = None
+    item_index: int | None = None
+
+    @classmethod
+    def of(cls, result: Result, kind: str, detail: str | None = None, **where) -> Event:
+        """The event of a result applied through `apply_results`; `detail` defaults to its error."""
+        if detail is None and result.error_code is not None:
+            detail = f"{result.error_code}: {result.error_message or ''}".rstrip(": ")
+        return cls(result.task_uuid, result.received_at, kind, result.status, detail, **where)
+
+
 def _literal(value: str | int) -> sa.ColumnElement:
     """A constant inlined in the SQL (bound parameters would be repeated for every row of a batch)."""
     return sa.literal_column(f"'{value}'" if isinstance(value, str) else str(value))
@@ -198,11 +219,15 @@ def _rounds(rows: list[dict]) -> Iterable[list[dict]]:
     return rounds
 
 
+LOGS = {"log": deliveries, "events": task_events}
+"""Tables written by plain inserts (no merge), by the name `_run` takes."""
+
+
 @functools.cache
 def _sql(statement: str, dialect: str, columns: tuple[str, ...]) -> str:
     """A statement compiled once per dialect, with named parameters, for `exec_driver_sql`."""
-    if statement == "log":
-        stmt = deliveries.insert()
+    if statement in LOGS:
+        stmt = LOGS[statement].insert()
     else:
         stmt = _merge_statement(dialect, columns if statement == "merge staged" else ())
     target = sqlite.dialect(paramstyle="named") if dialect == "sqlite" else postgresql.psycopg.dialect()
@@ -237,7 +262,7 @@ def _run(conn: sa.Connection, statement: str, rounds: list[list[dict]]) -> None:
 
     Rows arrive with driver-ready values (`_db_values`): per-value type processing
     cost more than the database spent writing. SQLite takes an `executemany` of the
-    statement compiled once. PostgreSQL takes a COPY: straight into the delivery log,
+    statement compiled once. PostgreSQL takes a COPY: straight into the logs (LOGS),
     and for the merge into STAGING, then one `INSERT … SELECT … ON CONFLICT` (an
     `executemany` of the merge set up its long `DO UPDATE` clause once per row, which
     took twice the time).
@@ -246,9 +271,9 @@ def _run(conn: sa.Connection, statement: str, rounds: list[list[dict]]) -> None:
     if dialect != "postgresql":
         for rows in rounds:
             conn.exec_driver_sql(_sql(statement, dialect, tuple(rows[0])), rows)
-    elif statement == "log":
+    elif statement in LOGS:
         for rows in rounds:
-            _copy(conn, deliveries, rows)
+            _copy(conn, LOGS[statement], rows)
     else:
         conn.execute(sa.schema.CreateTable(STAGING, if_not_exists=True))
         for rows in rounds:
@@ -301,19 +326,48 @@ def apply_results(conn: sa.Connection, results: Iterable[Result], *, delivered: 
     return len(rows)
 
 
+def record_events(conn: sa.Connection, events: list[Event]) -> None:
+    """Add events to their tasks' histories, after their results were applied in this transaction.
+
+    An event's `changed` is whether its result is the stored one now: its status,
+    and for a final status its receipt time (`result_at` is the receipt time of the
+    result that won). Within one call only the first such event of a task counts.
+    """
+    if not events:
+        return
+    uuids = list(dict.fromkeys(e.task_uuid for e in events))
+    stored = {row.task_uuid: row for row in conn.execute(
+        sa.select(tasks.c.task_uuid, tasks.c.status, tasks.c.result_at).where(_among(conn, tasks.c.task_uuid, uuids)))}
+    time, _ = _db_values(conn)
+    rows, changed = [], set()
+    for e in events:
+        task = stored.get(e.task_uuid)
+        won = (task is not None and e.task_uuid not in changed and e.status in FINAL_STATUSES
+               and task.status == e.status and task.result_at == e.at)
+        if won:
+            changed.add(e.task_uuid)
+        rows.append({"task_uuid": e.task_uuid, "at": time(e.at), "kind": e.kind, "status": e.status,
+                     "detail": e.detail, "changed": won, "delivery_id": e.delivery_id, "item_index": e.item_index})
+    _run(conn, "events", [rows])
+
+
+def _among(conn: sa.Connection, column: sa.Column, values: list[str]) -> sa.ColumnElement:
+    """WHERE `column` is one of `values`. PostgreSQL takes one array parameter: an IN list of 1,000
+    costs more to build than to run."""
+    if conn.dialect.name == "postgresql":
+        return column == sa.any_(sa.bindparam("among", values, type_=postgresql.ARRAY(sa.Text)))
+    return column.in_(values)
+
+
 def known_deliveries(conn: sa.Connection, ids: list[str]) -> set[str]:
     """The ids among `ids` already in the delivery log (a batch seen again after a crash)."""
     if not ids:
         return set()
-    if conn.dialect.name == "postgresql":  # one array parameter: an IN list of 1,000 costs more to build than to run
-        found = deliveries.c.id == sa.any_(sa.bindparam("ids", ids, type_=postgresql.ARRAY(sa.Text)))
-    else:
-        found = deliveries.c.id.in_(ids)
-    return set(conn.scalars(sa.select(deliveries.c.id).where(found)))
+    return set(conn.scalars(sa.select(deliveries.c.id).where(_among(conn, deliveries.c.id, ids))))
 
 
 def save_deliveries(conn: sa.Connection, batch: list[Delivery]) -> list[Delivery]:
-    """Log and apply the deliveries not stored before; returns those it stored.
+    """Log and apply the deliveries not stored before, with an event per item; returns those it stored.
 
     Idempotent per delivery id: a batch replayed after a crash adds nothing twice.
     """
@@ -341,6 +395,8 @@ def save_deliveries(conn: sa.Connection, batch: list[Delivery]) -> list[Delivery
             row["labels"] = orjson.dumps(d.labels).decode() if d.labels else None
     _run(conn, "log", [log])
     apply_results(conn, (r for d in fresh for r in d.results))
+    record_events(conn, [Event.of(r, "delivery", delivery_id=d.id, item_index=i)
+                         for d in fresh for i, r in enumerate(d.results)])
     merge_labels(conn, (Label(r.task_uuid, key, value, d.received_at)
                         for d in fresh if d.labels for r in d.results for key, value in d.labels.items()))
     return fresh

@@ -68,6 +68,7 @@ tasks = sa.Table(
     # Submission (tasks this service sends to Runware).
     sa.Column("input_ref", sa.Text, comment="image to send: URL, data URI, base64 or image UUID"),
     sa.Column("input_name", sa.String(512), comment="file name or URL the caller gave"),
+    sa.Column("input_path", sa.Text, comment="local file `captions submit` read, absolute (caption sidecars)"),
     sa.Column("include_cost", sa.Boolean),
     sa.Column("delivery_method", sa.String(8)),
     sa.Column("submitted_at", UTCDateTime),
@@ -125,6 +126,26 @@ task_labels = sa.Table(
     sa.Index("ix_task_labels_key_value", "key", "value", "task_uuid"),
 )
 """Labels of a task (store/labels.py), written after its task row in the same transaction (revision 0008)."""
+
+EVENT_KINDS = ("delivery", "submission", "poll")
+"""What a task event records: a webhook item, a Runware answer to this service's request, a getResponse answer."""
+
+task_events = sa.Table(
+    "task_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("task_uuid", sa.String(36), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False, comment="when the delivery or answer was received"),
+    sa.Column("kind", sa.String(16), nullable=False, comment="delivery | submission | poll"),
+    sa.Column("status", sa.String(16), comment="the task's status by this event; none when it told nothing new"),
+    sa.Column("detail", sa.Text, comment="error code and message, or what became of the task"),
+    sa.Column("changed", sa.Boolean, nullable=False, comment="its result became the stored one when applied"),
+    sa.Column("delivery_id", sa.String(40), comment="the delivery log's row (deliveries only)"),
+    sa.Column("item_index", sa.Integer, comment="the item's place in that delivery's items"),
+    sa.Index("ix_task_events_task", "task_uuid", "at"),
+    sa.Index("ix_task_events_at", "at"),  # retention (workers/maintenance.py)
+)
+"""A task's history, one row per delivery item, submission attempt and poll; kept as long as the delivery log."""
 
 dead_letters = sa.Table(
     "dead_letters",

@@ -55,6 +55,8 @@ class NewTask:
     include_cost: bool = True
     delivery_method: str = "async"
     labels: dict[str, str] = field(default_factory=dict)
+    input_path: str | None = None
+    """The local file's absolute path, when the command line read one (for caption sidecars)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ def queue_tasks(conn: sa.Connection, new: Iterable[NewTask]) -> int:
             "model": t.model,
             "input_ref": t.input_ref,
             "input_name": t.input_name,
+            "input_path": t.input_path,
             "include_cost": t.include_cost,
             "delivery_method": t.delivery_method,
             "created_at": now,

@@ -6,7 +6,7 @@
   the flag of a dead drain lingers. So a delivery in Redis reaches the store
   within seconds of a crash, not after RQ's ten-minute maintenance pass.
 - `cleanup` (RQ cron, hourly, on the maintenance queue): deletes the delivery
-  log older than `DELIVERY_RETENTION_DAYS`, and dead letters replayed before
+  log older than `DELIVERY_RETENTION_DAYS` with the task events (history) as old, and dead letters replayed before
   that, in batches, each batch its own short transaction. One job is a slice of
   at most `CLEANUP_SLICE_S`; while rows remain it enqueues the next slice. It
   never deletes the log of a delivery still in the stream (its idempotency record).
@@ -37,6 +37,7 @@ from store.results import Result
 from store.results import apply_results
 from store.schema import dead_letters
 from store.schema import deliveries
+from store.schema import task_events
 from store.schema import utcnow
 from workers.persist import _is_outage as is_outage
 from workers.persist import ensure_group
@@ -178,19 +179,23 @@ def _delete_in_batches(engine: sa.Engine, table: sa.Table, key: sa.Column, *wher
 
 def purge(engine: sa.Engine, before: datetime, batch_size: int = CLEANUP_BATCH,
           seconds: float = CLEANUP_SLICE_S) -> dict:
-    """Delete the delivery log received before `before`, then dead letters replayed before it, for `seconds`.
+    """Delete the delivery log received before `before`, the task events (history) before it, then dead letters
+    replayed before it, for `seconds`.
 
     Returns the rows deleted per table, and `finished`: False when time ran out first.
     """
     stop_at = time.monotonic() + seconds
     log_rows, finished = _delete_in_batches(engine, deliveries, deliveries.c.id, deliveries.c.received_at < before,
                                             batch_size=batch_size, stop_at=stop_at)
-    letters = 0
+    events = letters = 0
+    if finished:
+        events, finished = _delete_in_batches(engine, task_events, task_events.c.id, task_events.c.at < before,
+                                              batch_size=batch_size, stop_at=stop_at)
     if finished:
         letters, finished = _delete_in_batches(engine, dead_letters, dead_letters.c.id,
                                                dead_letters.c.replayed_at < before, batch_size=batch_size,
                                                stop_at=stop_at)
-    return {"deliveries": log_rows, "dead_letters": letters, "finished": finished}
+    return {"deliveries": log_rows, "task_events": events, "dead_letters": letters, "finished": finished}
 
 
 def retention_cutoff(config: Config, conn: redis.Redis | None, now: datetime | None = None) -> datetime:

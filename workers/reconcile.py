@@ -48,8 +48,10 @@ from rq import Queue
 from config import Config
 from store import submissions
 from store.db import engine_for
+from store.results import Event
 from store.results import Result
 from store.results import apply_results
+from store.results import record_events
 from store.schema import FINAL_STATUSES
 from store.schema import utcnow
 from workers import payloads
@@ -151,8 +153,12 @@ class Reconciler:
         self.counts.polled += len(batch)
         return findings(batch, answer.items(), utcnow()), error
 
-    def settle(self, claimed: list[tuple[str, int, datetime]], found: dict[str, Result], now: datetime) -> None:
-        """Store what was found, fail the tasks past the deadline, schedule the next poll of the others."""
+    def settle(self, claimed: list[tuple[str, int, datetime]], found: dict[str, Result], now: datetime,
+               error: RunwareError | None = None) -> None:
+        """Store what was found, fail the tasks past the deadline, schedule the next poll of the others.
+
+        Each polled task gets an event in its history (`error`: the poll's refusal, if any).
+        """
         deadline = self.config.result_deadline_seconds
         received_at, timeouts, when = utcnow(), {}, {}
         for uuid, attempts, submitted_at in claimed:
@@ -166,8 +172,13 @@ class Reconciler:
                 delay = backoff(attempts - 1, POLL_BACKOFF_BASE_S, POLL_BACKOFF_CAP_S)
                 when[uuid] = min(now + timedelta(seconds=delay), last_poll)
         results = {**found, **timeouts}
+        waiting = f"Runware answered {error.status or '-'} {error.code}" if error else "no result yet"
+        events = [Event.of(r, "poll") for r in results.values()]
+        events += [Event(uuid, received_at, "poll", detail=f"{waiting}; next poll at {at.isoformat()}")
+                   for uuid, at in when.items()]
         with self.engine.begin() as conn:
             apply_results(conn, results.values(), delivered=False)
+            record_events(conn, events)
             submissions.clear_inputs(conn, results)
             submissions.schedule_polls(conn, when)
         self.counts.found += len(found)
@@ -186,7 +197,7 @@ class Reconciler:
             if not claimed:
                 return None
             found, error = self.poll([uuid for uuid, _, _ in claimed])
-            self.settle(claimed, found, now)
+            self.settle(claimed, found, now, error)
             if error is not None:
                 log.warning("getResponse for %d tasks: Runware answered %s %s", len(claimed),
                             error.status or "-", error.code)

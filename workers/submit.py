@@ -46,8 +46,10 @@ from rq import Retry
 from config import Config
 from store import submissions
 from store.db import engine_for
+from store.results import Event
 from store.results import Result
 from store.results import apply_results
+from store.results import record_events
 from store.schema import utcnow
 from workers import payloads
 from workers.queues import SUBMIT_QUEUE
@@ -230,8 +232,13 @@ class Submitter:
                                 for u in give_up]
         again = [u for u in outcome.again if u not in give_up]
         poll_at = received_at + timedelta(seconds=self.config.reconcile_after_seconds)
+        events = [Event.of(r, "submission") for r in outcome.results]
+        if error is not None:
+            refusal = f"to be sent again: Runware answered {error.status or '-'} {error.code}: {error.message}"
+            events += [Event(u, received_at, "submission", detail=refusal.rstrip(": ")) for u in again]
         with self.engine.begin() as conn:
             apply_results(conn, outcome.results, delivered=False)
+            record_events(conn, events)
             submissions.mark_submitted(conn, outcome.taken, poll_at, now=received_at)
             submissions.release(conn, again)
             submissions.clear_inputs(conn, batch)
