@@ -1,7 +1,7 @@
 """`GET /api/tasks.csv` and `GET /api/tasks.ndjson`: the task list as a download, read token required.
 
-The parameters are the list's filters (`status`, `source`, `since`, `until`, `q`: see
-receiver/api.py), parsed by the same code, and the rows are the list's, in its order,
+The parameters are the list's filters (`status`, `source`, `since`, `until`, `q`,
+`label.K`: see receiver/api.py), parsed by the same code, and the rows are the list's, in its order,
 with the fields it shows (store/export.py). The answer is streamed: the service holds
 one chunk of `store.export.CHUNK` tasks at a time, whatever the export's length.
 
@@ -31,7 +31,6 @@ from werkzeug.datastructures import MultiDict
 from receiver import api
 from receiver.auth import require_bearer
 from receiver.params import ParamError
-from receiver.params import Params
 from receiver.state import engine
 from store import export
 from store.schema import utcnow
@@ -54,7 +53,7 @@ def _beating(pages: Iterator[list[dict]]) -> Iterator[list[dict]]:
 @require_bearer("read_tokens")
 def export_tasks(fmt: str):
     """Every task the filters choose, newest first, as a CSV or NDJSON attachment."""
-    filters = api.list_filters(Params(request.args, api.LIST_FILTERS))
+    filters, _ = api.list_filters(request.args)
     pages = export.chunks(engine(), filters)
     first = next(pages)  # here, so that its errors are answered like the list's
     encode, media_type = export.FORMATS[fmt]
@@ -76,7 +75,7 @@ def export_command(fmt, filters, output, overwrite):
     """Export the tasks the list's filters choose, newest first, as CSV, NDJSON, or caption sidecar files.
 
     Filters are the API's (`GET /api/tasks`): status=error, source=submitted,
-    since=2026-06-01, until=…, q="red car". `sidecars` writes each caption
+    since=2026-06-01, until=…, q="red car", label.projectId=p1. `sidecars` writes each caption
     beside the image file `captions submit` read it from (photo.jpg ->
     photo.txt), the layout image-training tools read.
     """
@@ -87,7 +86,7 @@ def export_command(fmt, filters, output, overwrite):
             raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="filters")
         args.add(name, value)
     try:
-        selection = api.list_filters(Params(args, api.LIST_FILTERS))
+        selection, _ = api.list_filters(args)
     except ParamError as exc:
         raise click.BadParameter(exc.message, param_hint="filters") from None
     pages = export.chunks(engine(), selection)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import time
 import uuid
 from decimal import Decimal
@@ -62,7 +63,9 @@ def waves(engine):
     """
     queued = ordered_uuids(120, 1)
     with engine.begin() as conn:
-        queue_tasks(conn, [NewTask(u, "https://img.example/x.png", f"x{i}.png") for i, u in enumerate(queued)])
+        queue_tasks(conn, [NewTask(u, "https://img.example/x.png", f"x{i}.png",
+                                   labels={"projectId": f"p{i % 3}", "userId": "=u1"} if i % 4 else {})
+                           for i, u in enumerate(queued)])
     first = utcnow()
     time.sleep(0.01)
     external = ordered_uuids(150, 1000)
@@ -113,6 +116,9 @@ FILTERS = [
     {"q": "red"},
     {"q": '"blue boat"', "source": "external"},
     {"q": "00000000-0000-0000-0000-0000000003"},
+    {"label.projectId": "p1"},
+    {"label.projectId": "p2", "status": "error"},
+    {"label.projectId": "p0", "label.userId": "=u1", "since": "2026-01-01"},
 ]
 
 
@@ -137,6 +143,8 @@ def cell(value) -> str:
         text = ""
     elif isinstance(value, bool):
         text = "true" if value else "false"
+    elif isinstance(value, dict | list):
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     else:
         text = str(value)
     return "'" + text if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
