@@ -179,7 +179,7 @@ def run(ctx: Context, results: dict) -> dict:
     source = "intake phase of this run (service, Redis AOF on)"
     with redis_server(ctx.scratch("endtoend/redis")) as server:
         client = server.client()
-        env = ctx.service_env(server.url, database_url)
+        env = ctx.service_env(server.url, database_url, APP_KIND="intake")  # the intake's gunicorn settings
         with gunicorn("wsgi:intake", env, scratch / "gunicorn.log") as web:
             log = open(scratch / "worker.log", "wb")
             worker = subprocess.Popen([sys.executable, "-m", "workers", "persist"], cwd=ROOT, env=env, stdout=log,

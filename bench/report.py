@@ -109,7 +109,8 @@ def _intake_md(p: dict) -> list[str]:
     workers = _get(p, "service", "web_workers")
     out = [f"wrk `-t{s.get('wrk_threads')} -c{s.get('wrk_connections')} -d{s.get('intake_seconds')}s --latency` "
            f"after a {s.get('intake_warmup')}s warm-up, same `deploy/gunicorn.conf.py` "
-           f"({workers} sync workers) for both servers; a fresh taskUUID per request.", "",
+           f"({workers} {_get(p, 'service', 'worker_class') or 'sync'} workers) for both servers, "
+           f"medians of {_get(p, 'service', 'rounds') or 1} interleaved rounds; a fresh taskUUID per request.", "",
            "| server | req/s | p50 ms | p99 ms | non-2xx | socket errors | ÷ bare | CPU ms/request: web, Redis, wrk |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     bare = _get(p, "bare", "rps")

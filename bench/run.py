@@ -37,6 +37,7 @@ ALIASES = {"e2e": "endtoend", "submission": "submit", "mem": "memory"}
 SIZES = {
     "full": {
         "intake_seconds": 15, "intake_warmup": 3, "wrk_threads": 2, "wrk_connections": 32, "aof_off_lines": True,
+        "intake_rounds": 3,
         "drain_deliveries": 100_000, "drain_timeout": 300, "per_job_deliveries": 2_000, "per_job_seconds": 25,
         "e2e_seconds": 60, "e2e_warmup": 3, "e2e_fractions": [0.5, 0.9], "e2e_calibrate_seconds": 5,
         "e2e_drain_wait": 60, "memory_deliveries": 10_000, "memory_load_seconds": 5,

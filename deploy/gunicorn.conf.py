@@ -7,7 +7,8 @@ sends /webhooks/ to the intake and the rest to the api (deploy/nginx.conf).
 
 Read from the environment: APP_KIND (default api), HOST and PORT (default
 127.0.0.1:8000; the Procfile and the systemd units pass --bind instead),
-WEB_CONCURRENCY (worker processes, default 2 * cores + 1), LOG_LEVEL (default info),
+WEB_CONCURRENCY (worker processes, default 2 * cores + 1), WEB_THREADS (threads per
+intake worker, default 8), LOG_LEVEL (default info),
 API_NICE (the api workers' CPU niceness, default 10).
 
 Bounded reads: the api's workers are sync, one request each, and at most
@@ -63,11 +64,17 @@ if kind not in KINDS:
     raise SystemExit(f"APP_KIND must be one of {', '.join(KINDS)}, not {kind!r}")
 wsgi_app = KINDS[kind]
 
-# Where and how many. `sync` workers serve one request at a time and rely on the
-# buffering proxy in front (deploy/nginx.conf) to absorb slow clients.
+# Where and how many. The intake's workers are threaded (`gthread`, WEB_THREADS threads
+# each): the webhooks a worker serves at once share one Redis round trip, so one fsync
+# (receiver/group_commit.py), and a worker waiting for Redis reads and checks other
+# webhooks meanwhile. The api's are `sync` workers, one request at a time, which bounds
+# the reads running at once. Both rely on the buffering proxy in front
+# (deploy/nginx.conf) to absorb slow clients: a trickling client holds a sync worker
+# until `timeout` below, and an intake thread until it has sent its request.
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY") or 2 * multiprocessing.cpu_count() + 1)
-worker_class = "sync"
+worker_class = "gthread" if kind == "intake" else "sync"
+threads = int(os.environ.get("WEB_THREADS") or 8) if kind == "intake" else 1
 proc_name = f"captions-{kind}"
 
 # Readers yield the CPU to webhook receipt: on a host both share, a busy api worker
@@ -77,6 +84,8 @@ api_nice = int(os.environ.get("API_NICE", "10"))
 
 # Time limits. A webhook request only validates and queues, and a reader's
 # database work is cancelled after READ_TIMEOUT_MS, so 30 s is generous for both.
+# (A threaded worker is killed at `timeout` only when its main loop stalls, not for
+# one slow request.)
 timeout = 30
 graceful_timeout = 30
 keepalive = 2

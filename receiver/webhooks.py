@@ -6,10 +6,11 @@ parameter is a label of the delivery and its tasks (receiver/labels.py): a URL
 breaking the label rules is answered 422 naming the label, and nothing is queued.
 
 Nothing slow happens here: the body is parsed once to validate it and added,
-as received, to a Redis stream; a drain job persists it later. 2xx means the
-delivery is in Redis. When Redis cannot take it, or holds as much as it
-should (receiver/backpressure.py), the answer is 503 with Retry-After, so the
-sender retries.
+as received, to a Redis stream, in a round trip shared with the requests the
+process serves at the same time (receiver/group_commit.py); a drain job persists
+it later. 2xx means the delivery is in Redis. When Redis cannot take it, or
+holds as much as it should (receiver/backpressure.py), the answer is 503 with
+Retry-After, so the sender retries.
 
 With WEBHOOK_SIGNING_SECRETS set, a delivery also needs a valid Standard Webhooks
 signature (receiver/signatures.py), checked after the URL token. Each request
@@ -39,11 +40,11 @@ from receiver import labels as url_labels
 from receiver import signatures
 from receiver.auth import webhook_secret_problem
 from receiver.errors import error_response
-from receiver.state import redis_client
+from receiver.group_commit import group_commit
 from receiver.state import settings
 from store.schema import utcnow
 from workers import payloads
-from workers.queues import queue_delivery
+from workers.queues import delivery_fields
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
@@ -106,9 +107,9 @@ def receive():
                       headers={"Retry-After": str(gate.retry_after())})
     started = time.perf_counter()
     try:
-        delivery = queue_delivery(redis_client(), body, request.remote_addr, received_at,
-                                  signatures.webhook_id(request.headers),
-                                  orjson.dumps(labels) if labels else None)
+        delivery = group_commit().add(delivery_fields(body, request.remote_addr, received_at,
+                                                      signatures.webhook_id(request.headers),
+                                                      orjson.dumps(labels) if labels else None))
     except redis.RedisError as exc:
         if isinstance(exc, redis.OutOfMemoryError):
             gate.refused()

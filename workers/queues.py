@@ -3,7 +3,7 @@
 A webhook delivery is one entry in a Redis stream, not one RQ job: the RQ job is
 the unit of work (a `drain` that persists deliveries in batches), the stream entry
 the unit of data. The receiver adds the entry and, in the same round trip, sets a
-"drain wanted" flag; only the request that sets the flag enqueues a drain job.
+"drain wanted" flag; only the round trip that sets the flag enqueues a drain job.
 """
 
 from __future__ import annotations
@@ -68,26 +68,53 @@ def want_drain(conn: redis.Redis) -> bool:
     return False
 
 
-def queue_delivery(conn: redis.Redis, body: bytes, remote_addr: str | None, received_at: datetime,
-                   webhook_id: str | None = None, labels: bytes | None = None) -> str:
-    """Add an accepted webhook body to the stream; returns its entry id once Redis has it.
+def delivery_fields(body: bytes, remote_addr: str | None, received_at: datetime,
+                    webhook_id: str | None = None, labels: bytes | None = None) -> dict[str, bytes | float | str]:
+    """The stream entry of an accepted webhook body: the body as received, when, from where.
 
     `webhook_id` (the sender's Standard Webhooks message id, constant across its
-    retries) is kept in the entry as `wid` when given, for deduplication; `labels`
-    (the URL's labels as a JSON object) as `labels`.
-    Raises redis.RedisError when Redis cannot take it (the caller answers 503).
+    retries) is kept as `wid` when given, for deduplication; `labels` (the URL's
+    labels as a JSON object) as `labels`.
     """
-    # No MULTI needed: a drain clears the flag and then reads once more, so an entry
-    # added on either side of that clear is seen by it or by the drain this call enqueues.
-    pipe = conn.pipeline(transaction=False)
     fields = {"body": body, "at": received_at.timestamp(), "ip": remote_addr or ""}
     if webhook_id:
         fields["wid"] = webhook_id
     if labels:
         fields["labels"] = labels
-    pipe.xadd(DELIVERY_STREAM, fields)
+    return fields
+
+
+def add_deliveries(conn: redis.Redis, entries: list[dict]) -> list[str | redis.RedisError]:
+    """XADD each entry to the stream, then set the "drain wanted" flag, in one round trip.
+
+    With `appendfsync always` Redis replies once the whole round trip is in its
+    append-only file: one fsync for every entry. Returns, per entry, its id or
+    the error Redis gave for it. Raises redis.RedisError when Redis does not
+    answer, or refuses the flag; then no entry may be answered 2xx.
+    """
+    # No MULTI needed: a drain clears the flag and then reads once more, so an entry
+    # added on either side of that clear is seen by it or by the drain this call enqueues.
+    pipe = conn.pipeline(transaction=False)
+    for fields in entries:
+        pipe.xadd(DELIVERY_STREAM, fields)
     pipe.set(DRAIN_FLAG, 1, nx=True, ex=DRAIN_FLAG_TTL)
-    entry_id, flagged = pipe.execute()
+    *replies, flagged = pipe.execute(raise_on_error=False)
+    if isinstance(flagged, redis.RedisError):
+        raise flagged
     if flagged:
         enqueue_drain(conn)
-    return entry_id.decode()
+    return [r if isinstance(r, redis.RedisError) else r.decode() for r in replies]
+
+
+def queue_delivery(conn: redis.Redis, body: bytes, remote_addr: str | None, received_at: datetime,
+                   webhook_id: str | None = None) -> str:
+    """Add an accepted webhook body to the stream; returns its entry id once Redis has it.
+
+    Raises redis.RedisError when Redis cannot take it (the caller answers 503). The
+    intake shares the round trip among the requests a web process serves at once
+    (receiver/group_commit.py).
+    """
+    [reply] = add_deliveries(conn, [delivery_fields(body, remote_addr, received_at, webhook_id)])
+    if isinstance(reply, redis.RedisError):
+        raise reply
+    return reply
