@@ -51,6 +51,7 @@ from bench.readers_load import next_cursor
 from bench.readers_load import request
 from bench.readers_load import webhook_latency
 from bench.readers_report import NO_PAGE
+from config import Config
 
 SMALL_TASKS = 10_000
 """The baseline store's size."""
@@ -146,7 +147,8 @@ def measure(ctx: Context, seeded: seed.Seeded, args: argparse.Namespace) -> dict
     redis = RedisServer(scratch).start()
     servers: list[Gunicorn] = []
     try:
-        env = ctx.service_env(redis.url, seeded.url)
+        # The stack's api processes share a read budget of their own (receiver/read_budget.py), at the default size.
+        env = {**ctx.service_env(redis.url, seeded.url), "READ_SLOTS_DIR": str(scratch / "read-slots")}
         readers = Gunicorn("wsgi:app", env, scratch / "readers.log").start()
         servers.append(readers)
         intake = readers
@@ -155,7 +157,8 @@ def measure(ctx: Context, seeded: seed.Seeded, args: argparse.Namespace) -> dict
             servers.append(intake)
         layout = "wsgi:intake (webhooks) + wsgi:app (readers)" if intake is not readers else "wsgi:app (both)"
         token = ctx.tokens["READ_TOKENS"]
-        figures: dict = {"seeding": seeded.as_json(), "layout": layout, "queries": {}}
+        figures: dict = {"seeding": seeded.as_json(), "layout": layout, "queries": {},
+                         "read_concurrency": Config.from_env(env).read_concurrency}
         for name, kind, path, params in queries(seeded.ended_at):
             line = time_query(readers.url, token, kind, path, params, args.runs, args.query_budget)
             figures["queries"][name] = line

@@ -127,7 +127,9 @@ def _webhook_rows(results: dict) -> list[str]:
                 sent = f"{hook['sent']:,} ({hook['rate']:g}{' *' if short_of_rate(hook) else ''})"
                 webhook_answers = ", ".join(f"{s}: {c:,}" for s, c in sorted(hook["statuses"].items()))
                 ratio = line["webhooks"]["p99_ratio"] if key != "readers_0" else ""
-                rows.append(f"| {store} | {int(n):,} | {line['layout']} | {key.split('_')[1]} | {sent} | "
+                layout = line["layout"] + (f", READ_CONCURRENCY {line['read_concurrency']}"
+                                           if "read_concurrency" in line else "")
+                rows.append(f"| {store} | {int(n):,} | {layout} | {key.split('_')[1]} | {sent} | "
                             f"{_number(hook['p50_ms'])} | {_number(hook['p99_ms'])} | {_number(hook['max_ms'])} | "
                             f"{webhook_answers} | {shown} | {ratio} |")
     return rows

@@ -417,6 +417,13 @@ def prepare(store: str, n: int, cache: Path, reseed: bool, progress, seed_at: st
         progress(f"{store}: upgraded a copy from {seed_at} to the head in {seeded.upgrade_seconds:,.1f} s")
     else:
         seeded = _seed(where, name, n, "head", progress)
+    if store == "postgres":
+        # What autovacuum's ANALYZE does soon after a bulk load; without statistics the planner guesses.
+        # (SQLite is left without them, as the service runs it.)
+        engine = sa.create_engine(seeded.url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(sa.text("ANALYZE"))
+        engine.dispose()
     (cache / f"{name}.json").write_text(json.dumps(seeded.as_json(), indent=2))
     return seeded
 
