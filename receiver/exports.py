@@ -26,6 +26,7 @@ import click
 from flask import Blueprint
 from flask import Response
 from flask import request
+from flask.cli import with_appcontext
 from werkzeug.datastructures import MultiDict
 
 from receiver import api
@@ -71,6 +72,7 @@ def export_tasks(fmt: str):
 @click.option("-o", "--output", type=click.File("wb", atomic=True), default="-", show_default=True,
               help="csv, ndjson: the file to write (written whole or not at all; '-': standard output)")
 @click.option("--overwrite", is_flag=True, help="sidecars: replace caption files that exist already")
+@with_appcontext
 def export_command(fmt, filters, output, overwrite):
     """Export the tasks the list's filters choose, newest first, as CSV, NDJSON, or caption sidecar files.
 
@@ -110,7 +112,7 @@ def _counting(pages: Iterator[list[dict]], bar) -> Iterator[list[dict]]:
 def write_sidecars(pages: Iterator[list[dict]], overwrite: bool) -> dict[str, int]:
     """Write `photo.txt` beside `photo.jpg` for each captioned task read from a local file; counts of each outcome."""
     counts = {"caption files written": 0, "kept (they exist; --overwrite replaces them)": 0,
-              "without a caption or a local image file": 0, "whose folder is gone": 0,
+              "without a caption or a local image file": 0, "whose image file is gone": 0,
               "older captions of an image captioned again": 0}
     written, kept, skipped, gone, older = counts
     done: set[Path] = set()  # the list is newest first: the newest caption of an image wins
@@ -125,7 +127,7 @@ def write_sidecars(pages: Iterator[list[dict]], overwrite: bool) -> dict[str, in
                 counts[older] += 1
                 continue
             done.add(sidecar)
-            if not sidecar.parent.is_dir():
+            if not Path(paths[task_uuid]).is_file():
                 counts[gone] += 1
             elif sidecar.exists() and not overwrite:
                 counts[kept] += 1

@@ -94,7 +94,7 @@ def file_paths(conn: sa.Connection, task_uuids: list[str]) -> dict[str, str]:
         return {}
     stmt = sa.select(tasks.c.task_uuid, tasks.c.input_path).where(
         tasks.c.task_uuid.in_(task_uuids), tasks.c.input_path.is_not(None))
-    return dict(conn.execute(stmt).tuples())
+    return {task_uuid: path for task_uuid, path in conn.execute(stmt)}
 
 
 def sidecar_path(image: str) -> Path:

@@ -327,28 +327,12 @@ def apply_results(conn: sa.Connection, results: Iterable[Result], *, delivered: 
 
 
 def record_events(conn: sa.Connection, events: list[Event]) -> None:
-    """Add events to their tasks' histories, after their results were applied in this transaction.
-
-    An event's `changed` is whether its result is the stored one now: its status,
-    and for a final status its receipt time (`result_at` is the receipt time of the
-    result that won). Within one call only the first such event of a task counts.
-    """
-    if not events:
-        return
-    uuids = list(dict.fromkeys(e.task_uuid for e in events))
-    stored = {row.task_uuid: row for row in conn.execute(
-        sa.select(tasks.c.task_uuid, tasks.c.status, tasks.c.result_at).where(_among(conn, tasks.c.task_uuid, uuids)))}
-    time, _ = _db_values(conn)
-    rows, changed = [], set()
-    for e in events:
-        task = stored.get(e.task_uuid)
-        won = (task is not None and e.task_uuid not in changed and e.status in FINAL_STATUSES
-               and task.status == e.status and task.result_at == e.at)
-        if won:
-            changed.add(e.task_uuid)
-        rows.append({"task_uuid": e.task_uuid, "at": time(e.at), "kind": e.kind, "status": e.status,
-                     "detail": e.detail, "changed": won, "delivery_id": e.delivery_id, "item_index": e.item_index})
-    _run(conn, "events", [rows])
+    """Add events to their tasks' histories (store/history.py), in the transaction that applies their results."""
+    if events:
+        time, _ = _db_values(conn)
+        _run(conn, "events", [[{"task_uuid": e.task_uuid, "at": time(e.at), "kind": e.kind, "status": e.status,
+                                "detail": e.detail, "delivery_id": e.delivery_id, "item_index": e.item_index}
+                               for e in events]])
 
 
 def _among(conn: sa.Connection, column: sa.Column, values: list[str]) -> sa.ColumnElement:

@@ -139,7 +139,6 @@ task_events = sa.Table(
     sa.Column("kind", sa.String(16), nullable=False, comment="delivery | submission | poll"),
     sa.Column("status", sa.String(16), comment="the task's status by this event; none when it told nothing new"),
     sa.Column("detail", sa.Text, comment="error code and message, or what became of the task"),
-    sa.Column("changed", sa.Boolean, nullable=False, comment="its result became the stored one when applied"),
     sa.Column("delivery_id", sa.String(40), comment="the delivery log's row (deliveries only)"),
     sa.Column("item_index", sa.Integer, comment="the item's place in that delivery's items"),
     sa.Index("ix_task_events_task", "task_uuid", "at"),

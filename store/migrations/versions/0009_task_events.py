@@ -23,7 +23,6 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=16), nullable=True,
               comment='the task\'s status by this event; none when it told nothing new'),
     sa.Column('detail', sa.Text(), nullable=True, comment='error code and message, or what became of the task'),
-    sa.Column('changed', sa.Boolean(), nullable=False, comment='its result became the stored one when applied'),
     sa.Column('delivery_id', sa.String(length=40), nullable=True, comment="the delivery log's row (deliveries only)"),
     sa.Column('item_index', sa.Integer(), nullable=True, comment="the item's place in that delivery's items"),
     sa.PrimaryKeyConstraint('id')
