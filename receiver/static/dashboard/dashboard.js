@@ -130,14 +130,15 @@
 
   // --- talking to the API -----------------------------------------------------------------
 
-  async function getJSON(url, params, token) {
+  // GET `url` with the parameters that have a value; refusals are thrown as AuthError or BusyError.
+  async function get(url, params, token, accept) {
     const query = new URLSearchParams();
     for (const [key, value] of Object.entries(params)) {
       if (value !== null && value !== undefined && value !== "") query.set(key, value);
     }
     const text = query.toString();
     const response = await fetch(text ? url + "?" + text : url, {
-      headers: {Authorization: "Bearer " + token, Accept: "application/json"},
+      headers: {Authorization: "Bearer " + token, Accept: accept},
       cache: "no-store",
       credentials: "omit",
       referrerPolicy: "no-referrer",
@@ -146,17 +147,20 @@
     if (response.status === 503 || response.status === 429) {
       throw new BusyError("HTTP " + response.status, retryAfterMs(response.headers.get("Retry-After")));
     }
-    let answer = null;
-    try {
-      answer = await response.json();
-    } catch (ignored) {
-      answer = null;
-    }
     if (!response.ok) {
-      const message = answer && answer.error ? answer.error.message : "HTTP " + response.status;
-      throw new Error(message);
+      let answer = null;
+      try {
+        answer = await response.json();
+      } catch (ignored) {
+        answer = null;
+      }
+      throw new Error(answer && answer.error ? answer.error.message : "HTTP " + response.status);
     }
-    return answer;
+    return response;
+  }
+
+  async function getJSON(url, params, token) {
+    return (await get(url, params, token, "application/json")).json();
   }
 
   // A Retry-After header in milliseconds: delay-seconds or an HTTP date; 0 when absent or unreadable.
@@ -173,13 +177,13 @@
     return {since: since ? since.toISOString() : null};
   }
 
+  // The table's filters: what the list shows page by page, and what an export holds whole.
+  function filterParams() {
+    return {status: state.status, q: state.search};
+  }
+
   function taskParams() {
-    return {
-      status: state.status,
-      q: state.search,
-      limit: state.pageSize,
-      cursor: state.cursors[state.page],
-    };
+    return {...filterParams(), limit: state.pageSize, cursor: state.cursors[state.page]};
   }
 
   // --- drawing ------------------------------------------------------------------------------
@@ -250,7 +254,12 @@
     const rows = page.tasks.map((task) => {
       const row = el("tr");
       row.dataset.taskUuid = task.taskUUID;
-      const uuid = el("td", task.taskUUID, "uuid");
+      const uuid = el("td", null, "uuid");
+      const open = el("button", task.taskUUID, "open-task");
+      open.type = "button";
+      open.title = "show this task's history";
+      open.addEventListener("click", () => showTask(task.taskUUID));
+      uuid.append(open);
       const status = el("td");
       status.append(el("span", task.status, "badge status-" + task.status));
       if (task.conflict) status.append(el("span", "conflict", "badge conflict"));
@@ -279,6 +288,68 @@
     $("prev-page").disabled = state.page === 0;
     $("next-page").disabled = !page.nextCursor;
     setText("page-label", "Page " + (state.page + 1));
+  }
+
+  // --- exports and a task's history ---------------------------------------------------------
+
+  // Every task of the table's filters, from GET /api/tasks.csv or .ndjson, saved as a file.
+  async function exportTasks(format) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) return;
+    setText("export-status", "Exporting…");
+    try {
+      const response = await get(TASKS_URL + "." + format, filterParams(), token, "*/*");
+      const named = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") || "");
+      const link = el("a");
+      link.href = URL.createObjectURL(await response.blob());
+      link.download = named ? named[1] : "tasks." + format;
+      body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+      setText("export-status", "Saved " + link.download);
+    } catch (error) {
+      setText("export-status", "Export failed: " + error.message);
+    }
+  }
+
+  const KINDS = {delivery: "webhook", submission: "sent to Runware", poll: "polled"};
+
+  // One line of the timeline: when, what, what it said of the task, and whether that became the result.
+  function timelineItem(event) {
+    const item = el("li", null, "event kind-" + event.kind);
+    item.append(el("span", utcTime(event.at), "time"), el("span", KINDS[event.kind] || event.kind, "badge"));
+    if (event.status) item.append(el("span", event.status, "badge status-" + event.status));
+    if (event.changedResult) item.append(el("span", "set the result", "badge changed"));
+    const delivery = event.delivery;
+    const said = delivery && delivery.item ? (delivery.item.text || "") : "";
+    const words = [event.detail, said].filter(Boolean).join(" · ");
+    if (words) item.append(el("span", words, "event-text"));
+    if (delivery) {
+      item.append(el("span", "from " + (delivery.remoteAddr || "?") + " · " + delivery.outcome, "event-from"));
+    }
+    return item;
+  }
+
+  async function showTask(uuid) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) return;
+    const panel = $("task-detail");
+    setText("detail-uuid", uuid);
+    panel.hidden = false;
+    try {
+      const task = await getJSON(TASKS_URL + "/" + encodeURIComponent(uuid), {}, token);
+      const outcome = task.status === "error" ? [task.errorCode, task.errorMessage].filter(Boolean).join(": ")
+        : task.text || "";
+      setText("detail-summary", [task.status, task.cost === null ? null : costText(task.cost) + " USD", outcome]
+        .filter(Boolean).join(" · "));
+      const items = task.history.map(timelineItem);
+      $("timeline").replaceChildren(...(items.length ? items : [el("li", "Nothing kept (older than the log).")]));
+    } catch (error) {
+      setText("detail-summary", "Could not read the task: " + error.message);
+      $("timeline").replaceChildren();
+    }
+    panel.scrollIntoView({block: "nearest"});
   }
 
   // --- the intake panel ---------------------------------------------------------------------
@@ -509,6 +580,10 @@
       typing = setTimeout(() => { state.search = e.target.value.trim(); resetPaging(); restart(); }, 300);
     });
     $("task-filter").addEventListener("submit", (e) => e.preventDefault());
+    for (const button of document.querySelectorAll("button.export")) {
+      button.addEventListener("click", () => exportTasks(button.dataset.format));
+    }
+    $("detail-close").addEventListener("click", () => { $("task-detail").hidden = true; });
     $("next-page").addEventListener("click", () => {
       if (!state.nextCursor) return;
       state.cursors[state.page + 1] = state.nextCursor;
