@@ -81,3 +81,8 @@ fuzz: venv ## FUZZ_REQUESTS (100,000) hostile requests at every route, then drai
 READERS_ARGS ?=
 bench-readers: venv ## readers at scale: stats, search, lists at 1,000,000 tasks beside 10,000, webhooks with 20 readers polling; READERS_ARGS='--tasks 10000000' or '--stores sqlite --reseed'
 	$(BIN)/python -m bench.readers $(READERS_ARGS)
+
+.PHONY: bench-exports
+EXPORTS_ARGS ?=
+bench-exports: venv ## exports at scale: CSV and NDJSON of 1,000,000 tasks, rows/s and the worker's memory; EXPORTS_ARGS='--tasks 100000'
+	$(BIN)/python -m bench.exports $(EXPORTS_ARGS)
