@@ -33,8 +33,9 @@ from workers.reconcile import SLICE_S
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # seeding takes long on a loaded machine
 
-BACKLOG = 100_000
-"""Overdue submitted tasks in the store, as after a long outage of the webhooks."""
+BACKLOG = 10 * SLICE_POLLS
+"""Overdue submitted tasks in the store, as after a long outage of the webhooks: ten slices' worth, so that
+the slices watched (and the one running when the workers stop) never exhaust it."""
 
 SENT_WITHIN_S = 5.0
 """How soon the submit worker must send a new image, whatever the backlog (the issue: "within a few seconds")."""

@@ -248,7 +248,8 @@ def test_workers_and_the_scheduler_survive_a_read_only_replica_and_redis_out_of_
     try:
         wait_for(lambda: all("ReadOnlyError" in p.output() for p in processes[:2]), timeout=30,
                  what="the workers told READONLY")
-        time.sleep(3)  # a few attempts, with backoff
+        wait_for(lambda: all(p.output().count("serving it again in") >= 2 for p in processes[:2]), timeout=30,
+                 what="the workers to try again, with backoff")
         assert all(p.running() for p in processes), "a read-only Redis stops no process"
 
         conn.replicaof("NO", "ONE")  # the failover: this server now takes writes

@@ -208,6 +208,7 @@ def test_generated_requests(fuzz_app, config, engine):
     drain_and_check(config, engine, tally)
 
 
+@pytest.mark.timeout(600)  # ATHERIS_RUNS inputs take about a minute on a loaded machine
 def test_coverage_guided_webhook_bodies(redis_url, sqlite_url, tmp_path):
     """atheris mutates webhook bodies towards new branches of the parser and the receiver
     (tests/atheris_webhook.py): no answer of 500 or more, and every answer agrees with the parser."""
