@@ -96,7 +96,7 @@ class TaskRunner:
             then(outcome)
 
     def _start(self, task: dict, base_url: str, then_async: Then | None):
-        """A data item, an ApiError, or (record, image) for a sync caption still to be made."""
+        """A data item, an ApiError, or (record, images) for a sync caption still to be made."""
         task_type = task.get("taskType")
         if task_type is None:
             raise invalid("missingTaskType", "The parameter taskType is required.", "taskType")
