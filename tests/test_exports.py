@@ -13,6 +13,8 @@ import csv
 import dataclasses
 import io
 import json
+import subprocess
+import sys
 import time
 import uuid
 from decimal import Decimal
@@ -32,6 +34,7 @@ from store.schema import utcnow
 from store.submissions import NewTask
 from store.submissions import queue_tasks
 from tests.conftest import TOKENS
+from tests.support import ROOT
 from tests.support import Gunicorn
 from tests.support import with_intake
 
@@ -268,3 +271,20 @@ def page_cache_mib(url: str) -> float:
     path = Path(sa.engine.make_url(url).database)
     size = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
     return min(size / 2**20, SQLITE_CACHE_MIB)
+
+
+def test_the_exports_benchmark_measures_each_format(tmp_path):
+    """bench/exports.py at a tiny size: every export counted whole, its speed and memory reported."""
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "bench.exports", "--tasks", "3000", "--stores", "sqlite",
+                          "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    data = json.loads((out / "exports-results.json").read_text())
+    assert data["schema"] == "captions-bench-exports/1"
+    line = data["stores"]["sqlite"]
+    assert line["status"] == "ok" and line["tasks"] == 3000
+    assert [e["format"] for e in line["exports"]] == ["csv", "ndjson", "csv", "ndjson"]
+    for export_run in line["exports"]:
+        assert export_run["rows"] == 3000 and export_run["rows_per_s"] > 0 and export_run["bytes"] > 3000 * 100
+        assert export_run["peak_mib"] >= export_run["rss_before_mib"] > 0
+    assert (out / "exports-results.md").read_text().startswith("# Exports at scale")

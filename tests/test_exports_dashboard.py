@@ -22,11 +22,10 @@ from store.results import save_deliveries
 from store.schema import utcnow
 from tests.chromium import collect_errors
 from tests.chromium import new_tab
-from tests.chromium import open_tabs
 from tests.chromium import wait_until
-from tests.conftest import TOKENS
 from tests.helpers import new_uuid
-from tests.support import Gunicorn
+from tests.test_dashboard import server  # noqa: F401  (fixture: the api under gunicorn)
+from tests.test_dashboard import tabs  # noqa: F401  (fixture: headless Chromium)
 
 HOSTILE = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script> a cat'
 READ = {"Authorization": "Bearer read-token"}
@@ -41,25 +40,9 @@ KEEP_BLOBS = """() => {
 SAVED = "async () => await window.blobs[window.blobs.length - 1].text()"
 
 
-@pytest.fixture
-def tabs():
-    with open_tabs() as context:
-        yield context
-
-
-@pytest.fixture
-def server(config):
-    env = {"APP_ENV": "development", "REDIS_URL": config.redis_url, "DATABASE_URL": config.database_url, **TOKENS}
-    gunicorn = Gunicorn(env, workers=2)
-    try:
-        yield gunicorn.start()
-    finally:
-        gunicorn.stop()
-
-
 @pytest.mark.browser
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_export_buttons_and_a_tasks_timeline(tabs, server, engine, tmp_path):
+def test_export_buttons_and_a_tasks_timeline(tabs, server, engine, tmp_path):  # noqa: F811
     now = utcnow()
     hostile = new_uuid()
     with engine.begin() as conn:
