@@ -8,9 +8,10 @@ private Redis and gunicorn with `deploy/gunicorn.conf.py`, `wsgi:app` for the
 readers and, when `wsgi.py` offers it, `wsgi:intake` for the webhooks (else
 `wsgi:app` serves both). Measured, through the public API only:
 
-- each query of QUERIES, RUNS times (bounded by a time budget): median and p95,
+- each query of `queries`, RUNS times (bounded by a time budget): median and p95,
   for list filters the first page and the page reached by following
-  `nextCursor` LATER_PAGE times;
+  `nextCursor` LATER_PAGE times; a query with labels (a label filter, a
+  groupBy, the keys) beside the same query without them (BESIDE);
 - webhook POST latency (p50, p99) from a fixed-rate sender through the intake,
   with no reader and with READERS dashboard readers polling stats, a search and
   a list page; the readers' answers are counted by status (200, 503, ...).
@@ -84,7 +85,32 @@ def queries(ended_at: datetime) -> list[tuple[str, str, str, dict]]:
         ("list since=30 days ago", "list", "/api/tasks", {"since": since}),
         ("list status=success&source=submitted&since=30 days ago", "list", "/api/tasks",
          {"status": "success", "source": "submitted", "since": since}),
+        ("list, no filter", "list", "/api/tasks", {}),
+        ("list label.projectId=common", "list", "/api/tasks", {"label.projectId": seed.COMMON_PROJECT}),
+        ("list label.projectId=rare", "list", "/api/tasks", {"label.projectId": seed.RARE_PROJECT}),
+        ("list label.projectId=common&status=error", "list", "/api/tasks",
+         {"label.projectId": seed.COMMON_PROJECT, "status": "error"}),
+        ("stats groupBy=label.projectId, last 30 days", "stats", "/api/stats",
+         {"since": since, "groupBy": "label.projectId"}),
+        ("stats groupBy=label.projectId, all time", "stats", "/api/stats", {"groupBy": "label.projectId"}),
+        ("stats groupBy=label.userId, last 30 days", "stats", "/api/stats",
+         {"since": since, "groupBy": "label.userId"}),
+        ("stats groupBy=label.userId, all time", "stats", "/api/stats", {"groupBy": "label.userId"}),
+        ("labels", "stats", "/api/labels", {}),
     ]
+
+
+BESIDE = {
+    "list label.projectId=common": "list, no filter",
+    "list label.projectId=rare": "list, no filter",
+    "list label.projectId=common&status=error": "list status=error",
+    "stats groupBy=label.projectId, last 30 days": "stats, last 30 days",
+    "stats groupBy=label.projectId, all time": "stats, all time",
+    "stats groupBy=label.userId, last 30 days": "stats, last 30 days",
+    "stats groupBy=label.userId, all time": "stats, all time",
+    "labels": "stats, all time",
+}
+"""Each query with labels and the same query without them, shown beside it in the report."""
 
 
 def _url(path: str, params: dict) -> str:
@@ -162,6 +188,8 @@ def measure(ctx: Context, seeded: seed.Seeded, args: argparse.Namespace) -> dict
         for name, kind, path, params in queries(seeded.ended_at):
             line = time_query(readers.url, token, kind, path, params, args.runs, args.query_budget)
             figures["queries"][name] = line
+            if name in BESIDE:
+                line["beside"] = BESIDE[name]
             later = f", later page {line['later']['median_ms']} ms" if "later" in line else ""
             ctx.progress(f"  {label} {name}: median {line['first']['median_ms']} ms "
                          f"(p95 {line['first']['p95_ms']}){later} {line['first']['statuses']}")

@@ -111,6 +111,27 @@ def _query_table(store: str, lines: dict, verdicts: dict) -> list[str]:
     return rows + [""]
 
 
+def _label_rows(results: dict) -> list[str]:
+    """Each query with labels beside the same query without them, at every size: medians and their ratio."""
+    rows = ["| store | tasks | query with labels | median ms | the same without | median ms | ratio |",
+            "| --- | ---: | --- | ---: | --- | ---: | ---: |"]
+    for store, lines in results["stores"].items():
+        for n, line in sorted(lines.items(), key=lambda pair: int(pair[0])):
+            if line.get("status") != "ok":
+                continue
+            for name, query in line["queries"].items():
+                if "beside" not in query:
+                    continue
+                for page in ("first", "later") if query["kind"] == "list" else ("first",):
+                    other = line["queries"][query["beside"]][page]
+                    mine, theirs = query[page]["median_ms"], other["median_ms"]
+                    ratio = f"{mine / theirs:.2f}" if mine is not None and theirs else "–"
+                    shown = f", {page} page" if query["kind"] == "list" else ""
+                    rows.append(f"| {store} | {int(n):,} | {name}{shown} | {_cell(query[page])} | "
+                                f"{query['beside']}{shown} | {_cell(other)} | {ratio} |")
+    return rows
+
+
 def _webhook_rows(results: dict) -> list[str]:
     rows = ["| store | tasks | server layout | readers | sent (req/s) | p50 ms | p99 ms | max ms | webhook answers "
             "| readers' answers | p99 ratio |",
@@ -174,6 +195,9 @@ def markdown(results: dict) -> str:
             lines += _query_table(store, store_lines, verdicts)
         else:
             lines += [f"### {store}", "", "; ".join(line.get("note", "") for line in store_lines.values()), ""]
+    lines += ["## Labels beside the same queries without them", "",
+              "Median / p95 ms of each query with a label filter, a groupBy or the keys, and of the same query "
+              "without labels; ratio of the medians.", "", *_label_rows(results), ""]
     lines += [
         "## Webhooks with dashboards polling", "",
         f"A fixed-rate sender, {settings['rate']:g} req/s for {settings['seconds']:g} s through the intake; "

@@ -16,6 +16,13 @@ Captions come from a vocabulary of a few thousand words drawn by a Zipf law;
 COMMON_WORD is in most captions, RARE_WORD in one task of RARE_EVERY, and
 ABSENT_WORD in none. Costs have 10 decimal places.
 
+Tasks carry labels as Runware's tracking parameters would: a `projectId` among
+PROJECTS values drawn by a Zipf law (COMMON_PROJECT the most frequent,
+RARE_PROJECT the least) and a `userId` among USERS, uniformly; one task in
+UNLABELED_EVERY has none. An external task's deliveries carry its labels as
+the webhook URL's labels; a submitted task is queued with them (and its
+deliveries carry them too, as the webhookURL it was sent with does).
+
 A seeded store is kept under var/bench/readers/ (a SQLite file; for PostgreSQL a
 database of its own at DATABASE_TEST_URL's server), keyed by N, the migration
 revision and a digest of the migrations, and reused unless a reseed is asked for
@@ -57,7 +64,7 @@ from store.submissions import NewTask
 from store.submissions import mark_submitted
 from store.submissions import queue_tasks
 
-SEED_VERSION = 1
+SEED_VERSION = 2
 """Bump when the generated data changes, so that stores seeded before are not reused."""
 
 PG_SERVER_URL = os.environ.get("DATABASE_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -86,6 +93,15 @@ COMMON_WORD, RARE_WORD, ABSENT_WORD = "photo", "zeppelin", "quixotry"
 
 RARE_EVERY = 100_000
 """One task in this many has RARE_WORD in its caption (the first task always does)."""
+
+PROJECTS, USERS = 200, 20_000
+"""Distinct values of the `projectId` label (Zipf) and of `userId` (uniform)."""
+
+COMMON_PROJECT, RARE_PROJECT = "proj_0000", f"proj_{PROJECTS - 1:04d}"
+"""The most and the least frequent projectId."""
+
+UNLABELED_EVERY = 20
+"""One task in this many carries no label."""
 
 MODELS = ("runware:150@2", "runware:151@1", "runware:152@1", "florence-2-large")
 """Models named in the seeded results."""
@@ -177,6 +193,15 @@ class Generator:
         self.words = vocabulary()
         self.cum_weights = list(itertools.accumulate(1 / (rank + 1) for rank in range(len(self.words))))
         self.sequence = 0
+        self.labels_rng = random.Random(seed + 1)  # its own: the other draws stay those of SEED_VERSION 1
+        self.project_weights = list(itertools.accumulate(1 / (rank + 1) for rank in range(PROJECTS)))
+        self.projects = [f"proj_{rank:04d}" for rank in range(PROJECTS)]
+
+    def labels(self, index: int) -> dict[str, str]:
+        rng = self.labels_rng
+        project = rng.choices(self.projects, cum_weights=self.project_weights)[0]
+        user = f"user_{rng.randrange(USERS):05d}"
+        return {} if index % UNLABELED_EVERY == UNLABELED_EVERY - 1 else {"projectId": project, "userId": user}
 
     def caption(self, index: int) -> str:
         rng = self.rng
@@ -197,16 +222,17 @@ class Generator:
         """
 
         rng, step = self.rng, SPAN.total_seconds() / self.n
-        submitted, items = [], []
+        submitted, items, labels = [], [], {}
         for index in range(first, first + count):
             task = str(uuid.UUID(int=rng.getrandbits(128), version=4))
             t0 = self.start + timedelta(seconds=(index + rng.random()) * step)
             same = {"task_uuid": task, "model": rng.choice(MODELS),
                     "task_type": "caption" if rng.random() < 0.1 else "imageCaption"}
+            labels[task] = self.labels(index)
             if rng.random() < SUBMITTED_SHARE:
                 waiting = rng.random()
-                submitted.append((NewTask(task, f"https://images.example.com/{task}.jpg", model=same["model"]),
-                                  t0, waiting >= 0.002))  # a few stay queued, never sent
+                submitted.append((NewTask(task, f"https://images.example.com/{task}.jpg", model=same["model"],
+                                          labels=labels[task]), t0, waiting >= 0.002))  # a few stay queued, never sent
                 if waiting < 0.012:
                     continue  # queued, or submitted and still without a result
             first_at = t0 + timedelta(seconds=rng.expovariate(1 / 5))
@@ -231,14 +257,14 @@ class Generator:
         items.sort(key=lambda pair: pair[0])
         while items and items[-1][0] > self.ended_at:  # retried past the end of the seeding: never arrived
             items.pop()
-        return submitted, [self.delivery(at, result) for at, result in items]
+        return submitted, [self.delivery(at, result, labels[result.task_uuid]) for at, result in items]
 
-    def delivery(self, at: datetime, result):
+    def delivery(self, at: datetime, result, labels: dict[str, str]):
         self.sequence += 1
         skipped = ["data[1]: taskUUID is missing"] if self.sequence % 97 == 0 else []
         size = 120 + len(result.text or result.error_message or "")
         return Delivery(f"{int(at.timestamp() * 1000)}-{self.sequence}", at, f"10.0.{self.sequence % 7}.2", size,
-                        [result], skipped)
+                        [result], skipped, labels)
 
 
 # --- writing -------------------------------------------------------------------------------------

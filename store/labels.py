@@ -3,8 +3,10 @@
 Labels are written with the results they came with (`store.results.merge_labels`);
 a task's labels and the label filter of the list are read with the task (store/queries.py).
 Groups come from the aggregates `label_task_hours` and `label_result_hours`
-for a window's whole hours and from base rows for its partial hours, as
-store/stats.py does for the totals, so they equal a scan exactly.
+and their day rollups `label_task_days` and `label_result_days`: the rollups
+for a window's whole days, the hourly tables for its other whole hours and the
+base rows for its partial hours, as store/stats.py does for the totals (with
+`combined`), so they equal a scan exactly.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from store.queries import Window
-from store.schema import FINAL_STATUSES
 from store.schema import STATUSES
 from store.schema import label_result_hours
 from store.schema import label_task_hours
@@ -26,8 +27,9 @@ from store.schema import task_labels
 from store.schema import tasks
 from store.stats import COST_QUANTUM
 from store.stats import COST_SCALE
+from store.stats import combined
 from store.stats import cost_units
-from store.stats import split
+from store.stats import final
 
 TOP_GROUPS = 50
 """Values of a key a groupBy lists one by one; the rest are summed as `other`."""
@@ -70,16 +72,15 @@ def units(amount: Decimal) -> int:
     return int(amount.scaleb(COST_SCALE))
 
 
-def _rows(window: Window, aggregate: sa.Table, whole: list, time: sa.Column, edge: list, *where) -> sa.Subquery:
-    """The aggregate's rows for the window's whole hours, UNION ALL the base rows of its partial hours."""
-    cut = split(window)
-    hours = ([cut.days] if cut.days is not None else []) + cut.hours  # label aggregates are hourly only
-    parts = [sa.select(*whole).where(aggregate.c.key == where[0], *each.covers(aggregate.c.hour)) for each in hours]
-    joined = tasks.join(task_labels, task_labels.c.task_uuid == tasks.c.task_uuid)
-    edge = [column.label(named.name) for column, named in zip(edge, whole)]
-    parts += [sa.select(*edge).select_from(joined).where(task_labels.c.key == where[0], *where[1:], *part.covers(time))
-              for part in cut.edges]
-    return sa.union_all(*parts).subquery("rows")
+def _rows(window: Window, hourly: sa.Table, time: sa.Column, facts: dict, key: str, *where) -> sa.Subquery:
+    """Rows (value, status, measures) of `key` from the aggregate `hourly` and its day rollup for the window's
+    whole days and hours, UNION ALL the base rows (`facts` per task and label) of its partial hours."""
+    label = task_labels.c
+    return combined(window, hourly, lambda a, _: [a.value, a.status, *(a[name] for name in facts)], time,
+                    {"value": label.value, "status": tasks.c.status, **facts},
+                    lambda c: [c.value, c.status, *(c[name] for name in facts)],
+                    label.task_uuid == tasks.c.task_uuid, label.key == key, *where,
+                    kept=lambda a: [a.key == key])
 
 
 def groups(conn: sa.Connection, key: str, window: Window = Window()) -> list[Group]:
@@ -88,19 +89,17 @@ def groups(conn: sa.Connection, key: str, window: Window = Window()) -> list[Gro
     Largest first (tasks created, then tasks finished, then the value).
     """
     dialect = conn.dialect.name
-    t, label, a, r = tasks.c, task_labels.c, label_task_hours.c, label_result_hours.c
+    t = tasks.c
     found: dict[str, Group] = {}
-    created = _rows(window, label_task_hours, [a.value, a.status, a.tasks], t.created_at,
-                    [label.value, t.status, sa.literal(1, sa.BigInteger)], key)
+    created = _rows(window, label_task_hours, t.created_at, {"tasks": sa.literal(1, sa.BigInteger)}, key)
     query = sa.select(created.c.value, created.c.status, sa.cast(sa.func.sum(created.c.tasks), sa.BigInteger))
     for value, status, count in conn.execute(query.group_by(created.c.value, created.c.status)):
         if count:
             group = found.setdefault(value, Group(value))
             group.by_status[status] += count
-    final = (sa.cast(t.status, sa.Text) if dialect == "sqlite" else t.status).in_(FINAL_STATUSES)  # see store.stats
-    finished = _rows(window, label_result_hours, [r.value, r.status, r.tasks, r.cost_units], t.result_at,
-                     [label.value, t.status, sa.literal(1, sa.BigInteger), cost_units(t.cost, dialect)],
-                     key, final, t.result_at.is_not(None))
+    finished = _rows(window, label_result_hours, t.result_at,
+                     {"tasks": sa.literal(1, sa.BigInteger), "cost_units": cost_units(t.cost, dialect)},
+                     key, final(t.status, dialect), t.result_at.is_not(None))
     c = finished.c
     query = sa.select(c.value, c.status, *(sa.cast(sa.func.sum(x), sa.BigInteger) for x in (c.tasks, c.cost_units)))
     for value, status, count, units in conn.execute(query.group_by(c.value, c.status)):

@@ -157,6 +157,7 @@ dead_letters = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("replayed_at", UTCDateTime),
+    sa.Column("labels", sa.JSON, comment="the labels of the delivery the item came with (revision 0010)"),
     sa.Index("ix_dead_letters_created", "created_at"),
 )
 
@@ -206,21 +207,14 @@ delivery_hours = sa.Table(
 
 
 def _days(hours: sa.Table, name: str) -> sa.Table:
-    """The day rollup of an hourly aggregate (migration 0007): the same keys and measures per UTC day."""
-    return sa.Table(
-        name,
-        metadata,
-        sa.Column("day", UTCDateTime, primary_key=True, comment=f"the UTC day (midnight) of {hours.name}.hour"),
-        *(column._copy() for column in hours.c if column.name != "hour"),
-    )
+    """The day rollup of an hourly aggregate (migrations 0007, 0010): the same keys and measures per UTC day."""
+    day = sa.Column("day", UTCDateTime, primary_key=True, comment=f"the UTC day (midnight) of {hours.name}.hour")
+    return sa.Table(name, metadata, *(day if column.name == "hour" else column._copy() for column in hours.c))
 
 
 task_days = _days(task_hours, "task_days")
 result_days = _days(result_hours, "result_days")
 delivery_days = _days(delivery_hours, "delivery_days")
-
-DAYS = {task_hours: task_days, result_hours: result_days, delivery_hours: delivery_days}
-"""Each hourly aggregate and its day rollup, kept by triggers on the hourly table."""
 
 label_task_hours = sa.Table(
     "label_task_hours",
@@ -251,6 +245,13 @@ label_values = sa.Table(
     sa.Column("tasks", sa.BigInteger, nullable=False, comment="tasks carrying this label"),
 )
 
+label_task_days = _days(label_task_hours, "label_task_days")
+label_result_days = _days(label_result_hours, "label_result_days")
+
+DAYS = {task_hours: task_days, result_hours: result_days, delivery_hours: delivery_days,
+        label_task_hours: label_task_days, label_result_hours: label_result_days}
+"""Each hourly aggregate and its day rollup, kept by triggers on the hourly table."""
+
 AGGREGATES = (task_hours, result_hours, delivery_hours, task_days, result_days, delivery_days,
-              label_task_hours, label_result_hours, label_values)
+              label_task_hours, label_result_hours, label_task_days, label_result_days, label_values)
 """The aggregate tables: emptied after the base tables (hours before days), never written by application code."""

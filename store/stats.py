@@ -119,7 +119,7 @@ def micros_between(start: sa.ColumnElement, end: sa.ColumnElement, dialect: str)
 def latency_bucket(micros: sa.ColumnElement) -> sa.ColumnElement:
     """The bucket (index into LATENCY_BOUNDS) of a latency in microseconds; NO_LATENCY when it is NULL.
 
-    `micros` is read once per bound: give a column (see `_combined`), not an expression.
+    `micros` is read once per bound: give a column (see `combined`), not an expression.
     """
     return sa.case(
         (micros.is_(None), NO_LATENCY),
@@ -187,20 +187,22 @@ def split(window: Window) -> Parts:
     return Parts(Window(first_day, last_day), hours, edges)
 
 
-def _combined(window: Window, hourly: sa.Table, whole, base_time: sa.Column, facts: dict, edge,
-              *where: sa.ColumnElement) -> sa.Subquery:
+def combined(window: Window, hourly: sa.Table, whole, base_time: sa.Column, facts: dict, edge,
+             *where: sa.ColumnElement, kept=lambda columns: ()) -> sa.Subquery:
     """Rows of the day rollup of `hourly` for the whole days of `window`, of `hourly` for its other whole hours,
     UNION ALL the base rows of its edges.
 
-    `whole(columns, time)` gives the columns to read from an aggregate table;
-    `facts` (name: expression) what to compute once per base row at the edges,
-    in a materialized CTE, and `edge(columns)` the row's columns from those.
+    `whole(columns, time)` gives the columns to read from an aggregate table and
+    `kept(columns)` the conditions its rows must meet (none: all);
+    `facts` (name: expression) what to compute once per base row at the edges
+    (those meeting `where`), in a materialized CTE, and `edge(columns)` the row's columns from those.
     """
     parts, daily = split(window), DAYS[hourly]
     selects = []
     if parts.days is not None:
-        selects.append(sa.select(*whole(daily.c, daily.c.day)).where(*parts.days.covers(daily.c.day)))
-    selects += [sa.select(*whole(hourly.c, hourly.c.hour)).where(*hours.covers(hourly.c.hour))
+        selects.append(sa.select(*whole(daily.c, daily.c.day))
+                       .where(*kept(daily.c), *parts.days.covers(daily.c.day)))
+    selects += [sa.select(*whole(hourly.c, hourly.c.hour)).where(*kept(hourly.c), *hours.covers(hourly.c.hour))
                 for hours in parts.hours]
     if parts.edges:
         rows = (sa.select(*(expression.label(name) for name, expression in facts.items()))
@@ -210,7 +212,7 @@ def _combined(window: Window, hourly: sa.Table, whole, base_time: sa.Column, fac
     return sa.union_all(*selects).subquery("rows")
 
 
-def _final(status: sa.Column, dialect: str) -> sa.ColumnElement:
+def final(status: sa.Column, dialect: str) -> sa.ColumnElement:
     """`status` is final. On SQLite as an expression: without statistics SQLite would search the
     (status, created_at) index for `status IN (…)`, reading every finished task, not the result_at index."""
     return (sa.cast(status, sa.Text) if dialect == "sqlite" else status).in_(FINAL_STATUSES)
@@ -226,7 +228,7 @@ def _money(units: int | Decimal | None) -> Decimal:
 def task_totals(conn: sa.Connection, window: Window = Window()) -> TaskTotals:
     """Tasks created in `window`: by status, source and model, conflicts, and webhook items per delivered task."""
     t = tasks.c
-    rows = _combined(
+    rows = combined(
         window, task_hours,
         lambda a, _: [a.status, a.source, a.model, a.tasks, a.conflicts, a.delivered_tasks, a.deliveries],
         t.created_at,
@@ -261,14 +263,14 @@ def result_totals(conn: sa.Connection, window: Window = Window()) -> ResultTotal
     """
     dialect = conn.dialect.name
     t = tasks.c
-    rows = _combined(
+    rows = combined(
         window, result_hours,
         lambda a, at: [utc_day(at, dialect).label("day"), a.status, a.latency_bucket, a.tasks, a.cost_units],
         t.result_at,
         {"day": utc_day(t.result_at, dialect), "status": t.status,
          "micros": micros_between(t.submitted_at, t.result_at, dialect), "cost_units": cost_units(t.cost, dialect)},
         lambda c: [c.day, c.status, latency_bucket(c.micros), sa.literal(1, sa.BigInteger), c.cost_units],
-        _final(t.status, dialect), t.result_at.is_not(None),
+        final(t.status, dialect), t.result_at.is_not(None),
     )
     c = list(rows.c)
     query = sa.select(*c[:3], *(sa.cast(sa.func.sum(x), sa.BigInteger) for x in c[3:])).group_by(*c[:3]).order_by(c[0])
@@ -297,7 +299,7 @@ def delivery_totals(conn: sa.Connection, window: Window = Window()) -> tuple[dic
     """Webhook POSTs logged with a `received_at` in `window`: by outcome, and the received -> stored histogram."""
     dialect = conn.dialect.name
     d = deliveries.c
-    rows = _combined(
+    rows = combined(
         window, delivery_hours, lambda a, _: [a.outcome, a.latency_bucket, a.deliveries], d.received_at,
         {"outcome": d.outcome, "micros": micros_between(d.received_at, d.stored_at, dialect)},
         lambda c: [c.outcome, latency_bucket(c.micros), sa.literal(1, sa.BigInteger)],

@@ -231,7 +231,7 @@ def test_aggregates_follow_every_change_and_return_to_zero(engine):
     with engine.connect() as conn:
         totals = [conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(table.c[name]), 0)))
                   for table in AGGREGATES for name in ("tasks", "deliveries") if name in table.c]
-    assert totals == [0] * 11  # the hourly tables, their day rollups and the label aggregates (0008)
+    assert totals == [0] * 13  # the hourly tables, their day rollups, the label aggregates (0008) and theirs (0010)
 
 
 def test_the_migration_builds_the_aggregates_of_an_existing_store(database_url):
@@ -254,7 +254,7 @@ def test_the_migration_builds_the_aggregates_of_an_existing_store(database_url):
             upgrade(database_url)
         with engine.connect() as conn:
             assert all(conn.scalar(sa.select(sa.func.count()).select_from(table)) > 0  # no labels here
-                       for table in (*DAYS, *DAYS.values()))
+                       for table in (*DAYS, *DAYS.values()) if "key" not in table.c)
         assert_exact(engine, [Window(), Window(START + timedelta(minutes=4, microseconds=1), None),
                               Window(None, START + timedelta(hours=2)), Window(START, START + timedelta(hours=4)),
                               Window(START.replace(hour=0) + timedelta(days=1), START + timedelta(days=2))])

@@ -18,8 +18,15 @@ import redis
 import requests
 import sqlalchemy as sa
 
+from store.schema import dead_letters
 from store.schema import deliveries
+from store.schema import label_result_days
+from store.schema import label_result_hours
+from store.schema import label_task_days
+from store.schema import label_task_hours
+from store.schema import label_values
 from store.schema import task_labels
+from store.schema import tasks
 from tests.helpers import WEBHOOK
 from tests.helpers import new_uuid
 from tests.helpers import success
@@ -30,6 +37,8 @@ from tests.submitting import use_runware  # noqa: F401  (fixture)
 from tests.support import Gunicorn
 from tests.support import WebServers
 from tests.support import run_worker
+from tests.test_deadletters import Refusal
+from workers import maintenance
 from workers.queues import DELIVERY_STREAM
 from workers.queues import PERSIST_QUEUE
 from workers.queues import SUBMIT_QUEUE
@@ -249,3 +258,36 @@ def test_the_cli_takes_labels(app, engine, tmp_path):
     assert done.exit_code == 0, done.output
     task = done.output.split()[-2]
     assert stored_labels(engine, task) == {"projectId": ("proj_789", False), "userId": ("12345", False)}
+
+
+def test_a_replayed_dead_letter_comes_back_with_its_labels(client, config, engine):
+    refusal = Refusal(engine)
+    refusal.on()
+    try:
+        task = new_uuid()
+        assert hook(client, "&projectId=proj_789&userId=12345", success(task, text="poison")).status_code == 202
+        run_worker(config.redis_url, PERSIST_QUEUE)
+        with engine.connect() as conn:
+            [letter] = conn.execute(sa.select(dead_letters)).mappings().all()
+        assert letter["labels"] == {"projectId": "proj_789", "userId": "12345"} and stored_labels(engine, task) == {}
+    finally:
+        refusal.off()
+    assert maintenance.replay_dead_letters(engine).replayed == [letter["id"]]
+    assert stored_labels(engine, task) == {"projectId": ("proj_789", False), "userId": ("12345", False)}
+    with engine.connect() as conn:
+        counted = dict(conn.execute(sa.select(label_values.c.value, label_values.c.tasks)).all())
+    assert counted == {"proj_789": 1, "12345": 1}
+
+
+def test_a_deleted_task_takes_its_labels_with_it(client, config, engine):
+    kept, deleted = new_uuid(), new_uuid()
+    hook(client, "&projectId=proj_789&userId=12345", success(kept), success(deleted))
+    run_worker(config.redis_url, PERSIST_QUEUE)
+    with engine.begin() as conn:
+        conn.execute(tasks.delete().where(tasks.c.task_uuid == deleted))
+    with engine.connect() as conn:
+        assert set(conn.scalars(sa.select(task_labels.c.task_uuid))) == {kept}
+        assert set(conn.execute(sa.select(label_values.c.key, label_values.c.tasks)).all()) == {
+            ("projectId", 1), ("userId", 1)}
+        for table in (label_task_hours, label_task_days, label_result_hours, label_result_days):
+            assert conn.scalar(sa.select(sa.func.sum(table.c.tasks))) == 2, table.name  # one task, two labels

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
+from datetime import UTC
 from datetime import timedelta
 from decimal import Decimal
 
@@ -24,12 +25,15 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from store import labels
+from store.migrate import downgrade
+from store.migrate import upgrade
 from store.queries import Window
 from store.queries import list_tasks
 from store.results import Delivery
 from store.results import Result
 from store.results import apply_results
 from store.results import save_deliveries
+from store.schema import DAYS
 from store.schema import FINAL_STATUSES
 from store.schema import STATUSES
 from store.schema import task_labels
@@ -109,7 +113,27 @@ def from_aggregates(engine: sa.Engine, key: str, window: Window) -> dict:
     return {g.value: (+Counter(g.by_status), g.successes, g.errors, g.spend) for g in groups}
 
 
+def assert_rolled_up(engine: sa.Engine) -> None:
+    """No label outlives its task, and each day rollup holds the sums of its hourly table's rows of that day."""
+    with engine.connect() as conn:
+        assert not conn.execute(sa.select(task_labels).where(~sa.exists().where(
+            tasks.c.task_uuid == task_labels.c.task_uuid))).all()
+        for hourly, daily in DAYS.items():
+            if "key" not in hourly.c:
+                continue
+            measures = [c.name for c in hourly.c if not c.primary_key]
+            sums: dict[tuple, Counter] = {}
+            for row in conn.execute(sa.select(hourly)).mappings():
+                day = row["hour"].astimezone(UTC).replace(hour=0)
+                counter = sums.setdefault((row["key"], day, row["value"], row["status"]), Counter())
+                counter.update({m: row[m] for m in measures})
+            rolled = {(r["key"], r["day"], r["value"], r["status"]): +Counter({m: r[m] for m in measures})
+                      for r in conn.execute(sa.select(daily)).mappings()}
+            assert {k: v for k, v in rolled.items() if v} == {k: +v for k, v in sums.items() if +v}, daily.name
+
+
 def assert_exact(engine: sa.Engine, chosen: list[Window]) -> None:
+    assert_rolled_up(engine)
     for key in KEYS:
         for window in chosen:
             assert from_aggregates(engine, key, window) == scan(engine, key, window), (key, window)
@@ -255,3 +279,46 @@ def test_the_views_carry_labels_and_spend_by_label_sums_exactly(engine):
     assert {t: as_dict(v)["projectId"] for t, v in labelled.items() if t in made} == made
     assert [as_dict(v) for t, v in labelled.items() if t not in made] == [{}, {}]
     assert as_dict(logged) == {"projectId": "proj_02", "userId": "u0"}
+
+
+def test_whole_days_are_read_from_the_day_rollups(engine):
+    seed(engine, 3)
+    read: list[str] = []
+
+    def log(conn, cursor, statement, *_):
+        read.append(statement)
+
+    midnight = START.replace(hour=0)
+    sa.event.listen(engine, "before_cursor_execute", log)
+    try:
+        with engine.connect() as conn:
+            for window in (Window(midnight, midnight + timedelta(days=2)), Window(START, START + timedelta(hours=3))):
+                read.clear()
+                by_value = {g.value: g.successes for g in labels.groups(conn, "projectId", window)}
+                assert by_value == {"proj_00": 1, "proj_01": 2, "proj_02": 3}
+                days = "label_task_days" in read[0] and "label_result_days" in read[1]
+                assert days == (window.since == midnight), window
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", log)
+
+
+def test_the_migration_rolls_up_an_existing_stores_labels_and_drops_orphans(database_url):
+    """A store labelled at revision 0008, one task deleted there (its labels left behind), upgraded."""
+    engine = sa.create_engine(database_url)
+    try:
+        downgrade(database_url, "0008")
+        try:
+            made = seed(engine, 4)
+            with engine.begin() as conn:
+                conn.execute(tasks.delete().where(tasks.c.task_uuid == next(iter(made))))
+                orphans = conn.scalar(sa.select(sa.func.count()).select_from(task_labels).where(~sa.exists().where(
+                    tasks.c.task_uuid == task_labels.c.task_uuid)))
+            assert orphans == 2
+        finally:
+            upgrade(database_url)
+        midnight = START.replace(hour=0)
+        assert_exact(engine, [Window(midnight, midnight + timedelta(days=2)), Window(START, None)])
+        with engine.connect() as conn:
+            assert {k.key: k.tasks for k in labels.keys(conn, per_key=1)} == {"projectId": 9, "userId": 9}
+    finally:
+        engine.dispose()

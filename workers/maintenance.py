@@ -11,9 +11,10 @@
   at most `CLEANUP_SLICE_S`; while rows remain it enqueues the next slice. It
   never deletes the log of a delivery still in the stream (its idempotency record).
 - `list_dead_letters` / `replay_dead_letters`: what the API and the CLI
-  (`flask deadletters ...`) call. A replay applies a letter's item to the store
-  and marks the letter replayed in one transaction, claimed first, so replaying
-  the same letters twice, even concurrently, stores each once.
+  (`flask deadletters ...`) call. A replay applies a letter's item, with the
+  labels of the delivery it came with, to the store and marks the letter
+  replayed in one transaction, claimed first, so replaying the same letters
+  twice, even concurrently, stores each once.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from rq import Queue
 
 from config import Config
 from store.db import engine_for
+from store.results import Label
 from store.results import Result
 from store.results import apply_results
+from store.results import merge_labels
 from store.schema import dead_letters
 from store.schema import deliveries
 from store.schema import task_events
@@ -225,7 +228,7 @@ def cleanup() -> dict:
 
 # -- dead letters --------------------------------------------------------------------------------
 
-LETTER_FIELDS = ("id", "delivery_id", "task_uuid", "item", "reason", "attempts", "created_at", "replayed_at")
+LETTER_FIELDS = ("id", "delivery_id", "task_uuid", "item", "labels", "reason", "attempts", "created_at", "replayed_at")
 
 
 def letter_json(row: sa.RowMapping) -> dict:
@@ -291,7 +294,10 @@ def _replay_one(conn: sa.Connection, letter: sa.RowMapping) -> bool:
     ).rowcount
     if claimed != 1:
         return False
-    apply_results(conn, [to_result(letter["item"], letter["received_at"] or letter["created_at"])])
+    result = to_result(letter["item"], letter["received_at"] or letter["created_at"])
+    apply_results(conn, [result])
+    merge_labels(conn, (Label(result.task_uuid, key, value, result.received_at)
+                        for key, value in (letter["labels"] or {}).items()))
     return True
 
 

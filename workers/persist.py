@@ -156,7 +156,7 @@ def _retry_rejected(engine: sa.Engine, delivery: Delivery, exc: sa.exc.DBAPIErro
 
 
 def _dead_letter(engine: sa.Engine, delivery: Delivery, reason: str, attempts: int = 1) -> int:
-    """Keep a delivery's items that cannot be stored, with the reason, for replay."""
+    """Keep a delivery's items that cannot be stored, with the reason and the delivery's labels, for replay."""
     now = utcnow()
     kept = Delivery(delivery.id, delivery.received_at, delivery.remote_addr, delivery.size, [],
                     [*delivery.skipped, f"dead-lettered: {reason}"], delivery.labels)
@@ -166,7 +166,7 @@ def _dead_letter(engine: sa.Engine, delivery: Delivery, reason: str, attempts: i
         if saved and delivery.results:
             conn.execute(dead_letters.insert(), [
                 {"delivery_id": delivery.id, "task_uuid": r.task_uuid, "item": r.as_json(),
-                 "reason": reason, "attempts": attempts, "created_at": now}
+                 "labels": delivery.labels or None, "reason": reason, "attempts": attempts, "created_at": now}
                 for r in delivery.results
             ])
     if saved:

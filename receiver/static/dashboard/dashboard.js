@@ -1,5 +1,5 @@
-// The dashboard's script: signs in with a read token, then polls /api/stats and
-// /api/tasks and draws them.
+// The dashboard's script: signs in with a read token, then polls /api/stats,
+// /api/tasks and /api/labels and draws them.
 //
 // It polls responsibly: one request at a time and never a new poll while one is
 // in flight; when answers are slow, refused (503, 429) or fail, the wait doubles
@@ -27,12 +27,16 @@
   const BACKOFF_JITTER = 0.1;
   const STATS_URL = body.dataset.statsUrl;
   const TASKS_URL = body.dataset.tasksUrl;
+  const LABELS_URL = body.dataset.labelsUrl;
   const DAY_MS = 86400000;
 
   const state = {
     range: "7d",
     status: "",
     search: "",
+    labelKey: "", // the label filter of the task list: both key and value, or none
+    labelValue: "",
+    groupKey: "", // the label key spend is grouped by ("" until the keys are known)
     pageSize: 20,
     cursors: [null], // cursors[n] opens page n; page 0 needs none
     page: 0,
@@ -174,12 +178,14 @@
 
   function statsParams(now) {
     const since = rangeSince(state.range, now);
-    return {since: since ? since.toISOString() : null};
+    return {since: since ? since.toISOString() : null, groupBy: state.groupKey ? "label." + state.groupKey : null};
   }
 
   // The table's filters: what the list shows page by page, and what an export holds whole.
   function filterParams() {
-    return {status: state.status, q: state.search};
+    const params = {status: state.status, q: state.search};
+    if (state.labelKey && state.labelValue) params["label." + state.labelKey] = state.labelValue;
+    return params;
   }
 
   function taskParams() {
@@ -212,6 +218,60 @@
     $("spend-today").title = (today ? today.exact : "0") + " USD exactly";
     for (const label of document.querySelectorAll(".range-label")) label.textContent = rangeLabel(state.range);
     drawDays(spend.byDay, stats.window.since ? new Date(stats.window.since) : null, now);
+    drawGroups(stats.groups || null);
+  }
+
+  // --- spend by label -----------------------------------------------------------------------
+
+  // The groups of /api/stats?groupBy=label.K for the range shown: the 50 largest
+  // values, the other values summed, and the tasks without the label.
+  function drawGroups(groups) {
+    const rows = [];
+    if (groups && groups.key === state.groupKey) {
+      for (const group of groups.values) rows.push(groupRow(group.value, group, "value"));
+      if (groups.other) {
+        rows.push(groupRow("other " + count(groups.distinctValues - groups.values.length) + " values", groups.other,
+          "other"));
+      }
+      rows.push(groupRow("without " + groups.key, groups.unlabeled, "unlabeled"));
+    } else {
+      const row = el("tr");
+      const cell = el("td", state.groupKey ? "Loading…" : "No labels yet.", "empty");
+      cell.colSpan = 6;
+      row.append(cell);
+      rows.push(row);
+    }
+    $("label-groups").tBodies[0].replaceChildren(...rows);
+  }
+
+  function groupRow(name, group, kind) {
+    const row = el("tr", null, kind);
+    const rate = group.successRate === null ? "–" : (100 * group.successRate).toFixed(1) + "%";
+    const spend = el("td", money(group.spend.usd), "num");
+    spend.title = group.spend.exact + " USD exactly";
+    row.append(el("td", name), el("td", count(group.tasks.total), "num"), el("td", count(group.spend.successes), "num"),
+      el("td", count(group.spend.errors), "num"), el("td", rate, "num"), spend);
+    return row;
+  }
+
+  // The keys of GET /api/labels fill the chooser; the first is chosen until another is.
+  function drawKeys(answer) {
+    const keys = answer.labels.map((k) => k.key);
+    const chooser = $("group-key");
+    if (chooser.dataset.keys !== JSON.stringify(keys)) { // rebuilt only when the keys change (an open list stays)
+      chooser.dataset.keys = JSON.stringify(keys);
+      chooser.replaceChildren(...keys.map((key) => {
+        const option = el("option", key);
+        option.value = key;
+        return option;
+      }));
+    }
+    chooser.disabled = keys.length === 0;
+    if (!keys.includes(state.groupKey)) {
+      state.groupKey = keys.length ? keys[0] : "";
+      if (state.groupKey) state.again = true; // the groups of the key chosen, at once
+    }
+    chooser.value = state.groupKey;
   }
 
   // One row per day of the window, newest first; days without results show zeros.
@@ -263,6 +323,16 @@
       const status = el("td");
       status.append(el("span", task.status, "badge status-" + task.status));
       if (task.conflict) status.append(el("span", "conflict", "badge conflict"));
+      const labels = el("td", null, "labels");
+      const conflicting = task.labelConflicts || [];
+      for (const [key, value] of Object.entries(task.labels || {})) {
+        const chip = el("span", key + "=" + value, "chip");
+        if (conflicting.includes(key)) {
+          chip.classList.add("conflict");
+          chip.title = "other values were given for " + key + "; the earliest is kept";
+        }
+        labels.append(chip);
+      }
       const caption = el("td", null, "caption");
       if (task.status === "error") {
         caption.append(el("span", [task.errorCode, task.errorMessage].filter(Boolean).join(": "), "error-text"));
@@ -270,7 +340,7 @@
         caption.textContent = task.text === null ? "" : task.text;
       }
       row.append(
-        el("td", utcTime(task.updatedAt), "time"), uuid, status, el("td", task.source), caption,
+        el("td", utcTime(task.updatedAt), "time"), uuid, status, el("td", task.source), labels, caption,
         el("td", task.cost === null ? "–" : costText(task.cost), "num"),
         el("td", count(task.deliveryCount), "num"), el("td", utcTime(task.createdAt), "time"),
       );
@@ -279,7 +349,7 @@
     if (!rows.length) {
       const row = el("tr");
       const cell = el("td", "No tasks match.", "empty");
-      cell.colSpan = 8;
+      cell.colSpan = 9;
       row.append(cell);
       rows.push(row);
     }
@@ -404,6 +474,7 @@
     {load: (token, now) => getJSON(STATS_URL, statsParams(now), token), draw: drawStats},
     {load: (token) => getJSON(TASKS_URL, taskParams(), token), draw: drawTasks},
     {load: (token) => getJSON(INTAKE_URL, {}, token), draw: drawIntake},
+    {load: (token) => getJSON(LABELS_URL, {values: 1}, token), draw: drawKeys},
   ];
 
   // --- the poll loop ------------------------------------------------------------------------
@@ -579,6 +650,15 @@
       clearTimeout(typing);
       typing = setTimeout(() => { state.search = e.target.value.trim(); resetPaging(); restart(); }, 300);
     });
+    for (const [id, field] of [["label-key", "labelKey"], ["label-value", "labelValue"]]) {
+      let labelTyping = null;
+      $(id).addEventListener("input", (e) => {
+        clearTimeout(labelTyping);
+        labelTyping = setTimeout(() => { state[field] = e.target.value.trim(); resetPaging(); restart(); }, 300);
+      });
+    }
+    $("group-key").addEventListener("change", (e) => { state.groupKey = e.target.value; restart(); });
+    $("group-form").addEventListener("submit", (e) => e.preventDefault());
     $("task-filter").addEventListener("submit", (e) => e.preventDefault());
     for (const button of document.querySelectorAll("button.export")) {
       button.addEventListener("click", () => exportTasks(button.dataset.format));
