@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from store import search as search_query
 from store.schema import UTCDateTime
+from store.schema import label_values
 from store.schema import task_labels
 from store.schema import tasks
 
@@ -69,6 +71,26 @@ def labels_of(conn: sa.Connection, task_uuids: Iterable[str]) -> dict[str, tuple
         if conflict:
             conflicts.append(key)
     return found
+
+
+LABEL_FIRST_TASKS = 5_000
+"""A label filter whose rarest label fewer tasks carry than this (`label_values` says how many) reads those
+tasks from `ix_task_labels_key_value` first and sorts them; with a commoner one the list's order is walked and
+each task's labels checked, which meets a task of the label every (tasks / LABEL_FIRST_TASKS) rows at most."""
+
+
+def labelled_first(conn: sa.Connection, labels: dict[str, str]) -> list[str] | None:
+    """The tasks carrying the rarest of `labels` when they are fewer than LABEL_FIRST_TASKS, else None."""
+    if not labels:
+        return None
+    v = label_values.c
+    counts = dict(conn.execute(sa.select(v.key, v.tasks).where(
+        sa.or_(*(sa.and_(v.key == key, v.value == value) for key, value in labels.items())))).all())
+    key = min(labels, key=lambda k: counts.get(k, 0))
+    if counts.get(key, 0) >= LABEL_FIRST_TASKS:
+        return None
+    label = task_labels.c
+    return list(conn.scalars(sa.select(label.task_uuid).where(label.key == key, label.value == labels[key])))
 
 
 def carries(key: str, value: str) -> sa.ColumnElement:
@@ -141,9 +163,18 @@ def list_tasks(
         conditions.append(tasks.c.status.in_(statuses))
     if sources:
         conditions.append(tasks.c.source.in_(sources))
-    conditions += [carries(key, value) for key, value in (labels or {}).items()]
     if after is not None:
         conditions.append(search_query.older_than(after))
+    first = labelled_first(conn, labels or {})
+    if first is not None:  # the few tasks of a label, looked up by key
+        if conn.dialect.name == "sqlite":
+            # SQLite guesses an equality keeps ten rows, so it would walk the index of another condition:
+            # saying those keep most rows makes it look the tasks up.
+            conditions = [sa.func.likelihood(c, sa.literal_column("0.9")) for c in conditions]
+            conditions.append(tasks.c.task_uuid.in_(first))
+        else:  # one array parameter (see store.results.known_deliveries)
+            conditions.append(tasks.c.task_uuid == sa.any_(sa.bindparam("labelled", first, type_=ARRAY(sa.Text))))
+    conditions += [carries(key, value) for key, value in (labels or {}).items()]
     columns = list(PUBLIC_FIELDS.values())
     if search is None:
         rows = search_query.newest(conn, columns, conditions, limit + 1)

@@ -18,6 +18,7 @@ from datetime import UTC
 from datetime import timedelta
 from decimal import Decimal
 
+import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck
 from hypothesis import given
@@ -25,6 +26,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from store import labels
+from store import queries
 from store.migrate import downgrade
 from store.migrate import upgrade
 from store.queries import Window
@@ -303,10 +305,10 @@ def test_whole_days_are_read_from_the_day_rollups(engine):
 
 
 def test_the_migration_rolls_up_an_existing_stores_labels_and_drops_orphans(database_url):
-    """A store labelled at revision 0008, one task deleted there (its labels left behind), upgraded."""
+    """A store labelled before revision 0010, one task deleted there (its labels left behind), upgraded."""
     engine = sa.create_engine(database_url)
     try:
-        downgrade(database_url, "0008")
+        downgrade(database_url, "0009")
         try:
             made = seed(engine, 4)
             with engine.begin() as conn:
@@ -322,3 +324,41 @@ def test_the_migration_rolls_up_an_existing_stores_labels_and_drops_orphans(data
             assert {k.key: k.tasks for k in labels.keys(conn, per_key=1)} == {"projectId": 9, "userId": 9}
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("first_under", [0, 10**9])
+def test_the_label_filter_pages_alike_walking_the_list_or_looking_the_tasks_up(client, engine, monkeypatch,
+                                                                              first_under):
+    monkeypatch.setattr(queries, "LABEL_FIRST_TASKS", first_under)
+    made = seed(engine, 12)
+    for value, status in (("proj_11", "success"), ("proj_03", None)):
+        seen, cursor = [], None
+        while True:
+            answer = client.get(f"/api/tasks?label.projectId={value}&limit=5" + (f"&status={status}" if status else "")
+                                + (f"&cursor={cursor}" if cursor else ""), headers=READ).json
+            seen += [t["taskUUID"] for t in answer["tasks"]]
+            cursor = answer["nextCursor"]
+            if cursor is None:
+                break
+        assert sorted(seen) == sorted(t for t, v in made.items() if v == value)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_rare_label_is_looked_up_by_task_not_walked_for(engine):
+    """SQLite's plan (PostgreSQL's follows its statistics: on a table this small any plan is cheap)."""
+    seed(engine, 3)
+    read: list[tuple] = []
+
+    def log(conn, cursor, statement, parameters, *_):
+        read.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", log)
+    with engine.connect() as conn:
+        page, _ = list_tasks(conn, labels={"projectId": "proj_02"}, statuses=("success",),
+                             after=(START + timedelta(days=9), "f"), limit=2)
+        statement, parameters = read[-2]  # the page (then its labels)
+        sa.event.remove(engine, "before_cursor_execute", log)
+    assert len(page) == 2
+    with engine.connect() as conn:
+        plan = " ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters))
+    assert "SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (task_uuid=?)" in plan, plan
