@@ -9,7 +9,7 @@
 5. The processes of deploy/Procfile (intake, api, persist, submit, maintenance,
    cron), the emulator and a private nginx, under one supervisor that prefixes
    each output line with its process.
-6. Once both gunicorns answer /readyz: `after_ready(env)` prints how to use the stack.
+6. Once both gunicorns answer /readyz: the samples are captioned, then `banner(env)` says how to use the stack.
 
 One URL for everything (HOST:PORT, default 127.0.0.1:8000): the private nginx
 (deploy/nginx.local.conf, rendered into var/nginx/) sends /webhooks/ to the
@@ -383,8 +383,10 @@ def banner(env: dict[str, str]) -> None:
     body = json.dumps({"data": [{"taskType": "imageCaption", "taskUUID": task, "text": "a caption", "cost": 0.0019}]})
     webhook = f"{webhook_base(env)}/webhooks/runware?token={tok['WEBHOOK_TOKENS']}"
     post = ["curl", "-sS", "-X", "POST", webhook, "-H", "Content-Type: application/json", "-d", body]
-    read = ["curl", "-sS", "-H", f"Authorization: Bearer {tok['READ_TOKENS']}", f"{base}/api/tasks/{task}"]
-    bearer = f"-H 'Authorization: Bearer {tok['READ_TOKENS']}'"
+
+    def read(path: str) -> str:
+        return shlex.join(["curl", "-sS", "-H", f"Authorization: Bearer {tok['READ_TOKENS']}", base + path])
+
     lines = [
         f"Ready at {base}   (Ctrl-C stops everything)" if fronted(env) else
         f"Ready: webhooks at {webhook_base(env)}, everything else at {base} (no nginx; Ctrl-C stops everything)",
@@ -404,10 +406,10 @@ def banner(env: dict[str, str]) -> None:
         "",
         "  " + shlex.join(post),
         "",
-        "  " + shlex.join(read),
+        "  " + read(f"/api/tasks/{task}"),
         "",
-        f"Task list:     curl -sS {bearer} {base}/api/tasks",
-        f"Totals:        curl -sS {bearer} {base}/api/stats",
+        f"Task list:     {read('/api/tasks')}",
+        f"Totals:        {read('/api/stats')}",
         "Your images:   .venv/bin/flask --app wsgi captions submit PATH_OR_URL... --wait",
     ]
     rule = "=" * 78
