@@ -44,7 +44,7 @@ from bench.common import sqlite_database
 from bench.common import tree_cpu_seconds
 
 SIZES = {"intake_seconds": 15, "intake_warmup": 3, "wrk_threads": 2, "wrk_connections": 32, "web_workers": None,
-         "intake_rounds": 3, "intake_models": None}
+         "intake_rounds": 3}
 """The standalone comparison's sizes (the whole run's are in bench/run.py)."""
 
 
