@@ -86,3 +86,13 @@ bench-readers: venv ## readers at scale: stats, search, lists at 1,000,000 tasks
 EXPORTS_ARGS ?=
 bench-exports: venv ## exports at scale: CSV and NDJSON of 1,000,000 tasks, rows/s and the worker's memory; EXPORTS_ARGS='--tasks 100000'
 	$(BIN)/python -m bench.exports $(EXPORTS_ARGS)
+
+.PHONY: vendor-api-docs
+SWAGGER_UI_VERSION ?= 5.35.0
+API_DOCS := receiver/static/api-docs
+vendor-api-docs: ## re-vendor the API reference page's Swagger UI (swagger-ui-dist@SWAGGER_UI_VERSION from npm, licences kept)
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+		(cd "$$tmp" && npm pack --silent swagger-ui-dist@$(SWAGGER_UI_VERSION) >/dev/null && tar xzf swagger-ui-dist-*.tgz) && \
+		for f in swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt swagger-ui.css LICENSE NOTICE; do \
+			cp "$$tmp/package/$$f" $(API_DOCS)/$$f; done && \
+		echo "$(API_DOCS): swagger-ui-dist $(SWAGGER_UI_VERSION)"

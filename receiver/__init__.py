@@ -66,9 +66,10 @@ def register_readers(app: Flask) -> None:
     from receiver import health
     from receiver import intake_status
     from receiver import metrics
+    from receiver import openapi
     from receiver import submit
 
-    for module in (api, exports, submit, admin, health, metrics, dashboard, intake_status):
+    for module in (api, exports, submit, admin, health, metrics, dashboard, intake_status, openapi):
         app.register_blueprint(module.bp)
 
 

@@ -31,6 +31,9 @@ from flask.cli import AppGroup
 from receiver.auth import bearer_token
 from receiver.auth import token_matches
 from receiver.errors import error_response
+from receiver.openapi import operation
+from receiver.params import ParamError
+from receiver.params import Params
 from receiver.state import engine
 from receiver.state import settings
 from receiver.state import writer_engine
@@ -40,6 +43,8 @@ bp = Blueprint("admin", __name__, url_prefix="/api")
 cli = AppGroup("deadletters", help="List and replay dead letters (items the database refused).")
 
 STATES = ("pending", "replayed", "all")
+MAX_ID = 2**31 - 1
+"""The largest dead-letter id (the column is a 32-bit integer in PostgreSQL)."""
 
 
 class BadRequest(ValueError):
@@ -66,9 +71,9 @@ def parse_replay(body: object) -> dict:
     everything = body.get("all") is True
     if sum((ids is not None, ranged, everything)) != 1:
         raise BadRequest("give exactly one of: ids, since/until, all")
-    if ids is not None and (not isinstance(ids, list) or not ids
-                            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
-        raise BadRequest("ids: must be a non-empty array of dead-letter ids (integers)")
+    if ids is not None and (not isinstance(ids, list) or not ids or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= MAX_ID for i in ids)):
+        raise BadRequest(f"ids: must be a non-empty array of dead-letter ids (integers from 1 to {MAX_ID})")
     limit = body.get("limit", maintenance.REPLAY_LIMIT)
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= maintenance.REPLAY_LIMIT:
         raise BadRequest(f"limit: must be an integer from 1 to {maintenance.REPLAY_LIMIT}")
@@ -81,22 +86,22 @@ def _refused():
 
 
 @bp.get("/dead-letters")
+@operation(summary="Dead letters, in id order", tags=["dead letters"], auth=("read", "admin"),
+           query="DeadLetterQuery", responses={200: "DeadLetterPage"}, errors=(400, 503))
 def list_letters():
     config = settings()
     if not token_matches(bearer_token(), config.read_tokens + config.admin_tokens):
         return _refused()
     try:
-        state = request.args.get("state", "pending")
+        params = Params(request.args, ("state", "since", "until", "after", "limit"))
+        state = params.text("state") or "pending"
         if state not in STATES:
-            raise BadRequest(f"state: one of {', '.join(STATES)}")
-        since = parse_time(request.args.get("since"), "since")
-        until = parse_time(request.args.get("until"), "until")
-        after = request.args.get("after", 0, type=int)
-        limit = request.args.get("limit", 100, type=int)
-        if not 1 <= limit <= 1000:
-            raise BadRequest("limit: from 1 to 1000")
-    except BadRequest as exc:
-        return error_response(400, str(exc))
+            raise ParamError("state", f"one of {', '.join(STATES)}")
+        since, until = params.time("since"), params.time("until")
+        after = params.integer("after", 0, 0, 999_999_999)
+        limit = params.integer("limit", 100, 1, 1000)
+    except ParamError as exc:
+        return error_response(400, exc.message, parameter=exc.parameter)
     with engine().connect() as conn:
         letters = maintenance.list_dead_letters(conn, state=state, since=since, until=until, after=after, limit=limit)
         counts = maintenance.count_dead_letters(conn)
@@ -104,6 +109,8 @@ def list_letters():
 
 
 @bp.post("/dead-letters/replay")
+@operation(summary="Store pending dead letters again", tags=["dead letters"], auth=("admin",),
+           body={"application/json": "Replay"}, responses={200: "ReplayReport"}, errors=(400, 503))
 def replay_letters():
     if not token_matches(bearer_token(), settings().admin_tokens):
         return _refused()

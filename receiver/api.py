@@ -29,6 +29,7 @@ from flask import request
 from receiver import labels as label_rules
 from receiver.auth import require_bearer
 from receiver.errors import error_response
+from receiver.openapi import operation
 from receiver.params import ParamError
 from receiver.params import Params
 from receiver.params import encode_cursor
@@ -119,6 +120,8 @@ def group_json(group: labels_from.Group) -> dict:
 
 
 @bp.get("/tasks/<task_uuid>")
+@operation(summary="One task, with its history", tags=["tasks"], auth=("read",),
+           responses={200: "TaskWithHistory"}, errors=(400, 404, 503))
 @require_bearer("read_tokens")
 def get_task(task_uuid: str):
     return task_response(task_uuid)
@@ -139,6 +142,8 @@ def task_response(task_uuid: str):
 
 
 @bp.get("/tasks")
+@operation(summary="Tasks, newest first, in pages", tags=["tasks"], auth=("read",), query="TaskListQuery",
+           responses={200: "TaskPage"}, errors=(400, 503))
 @require_bearer("read_tokens")
 def list_tasks():
     """Tasks, most recently updated first; follow `nextCursor` for the next page."""
@@ -170,6 +175,8 @@ def list_filters(args, also: tuple[str, ...] = ()) -> tuple[dict, Params]:
 
 
 @bp.get("/stats")
+@operation(summary="Counts, spend, latency and backlog of a window", tags=["stats"], auth=("read",),
+           query="StatsQuery", responses={200: "Stats"}, errors=(400, 503))
 @require_bearer("read_tokens")
 def stats():
     """Counts, spend, latency and backlog; `since` (inclusive) and `until` (exclusive) bound the window.
@@ -236,6 +243,8 @@ def stats():
 
 
 @bp.get("/labels")
+@operation(summary="The label keys, each with its most frequent values", tags=["stats"], auth=("read",),
+           query="LabelsQuery", responses={200: "Labels"}, errors=(400, 503))
 @require_bearer("read_tokens")
 def labels():
     """Every label key, most tasks first, with its `values` most frequent values (from `label_values`)."""

@@ -22,6 +22,8 @@ from __future__ import annotations
 from flask import Blueprint
 from flask import render_template
 
+from receiver.openapi import operation
+
 bp = Blueprint(
     "dashboard",
     __name__,
@@ -59,6 +61,8 @@ def security_headers(response):
 
 
 @bp.get("/dashboard")
+@operation(summary="The dashboard page (it signs in with a read token)", tags=["pages"],
+           responses={200: {"text/html": None}})
 def index():
     """The page shell; the figures arrive from the JSON API."""
     html = render_template("dashboard/index.html", poll_ms=POLL_INTERVAL_MS)

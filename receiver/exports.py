@@ -31,6 +31,7 @@ from werkzeug.datastructures import MultiDict
 
 from receiver import api
 from receiver.auth import require_bearer
+from receiver.openapi import operation
 from receiver.params import ParamError
 from receiver.state import engine
 from store import export
@@ -51,6 +52,9 @@ def _beating(pages: Iterator[list[dict]]) -> Iterator[list[dict]]:
 
 
 @bp.get("/tasks.<any(csv, ndjson):fmt>")
+@operation(summary="The task list as a CSV or NDJSON download", tags=["tasks"], auth=("read",),
+           query="TaskFilters", responses={200: {"text/csv": None, "application/x-ndjson": None}},
+           errors=(400, 404, 503))
 @require_bearer("read_tokens")
 def export_tasks(fmt: str):
     """Every task the filters choose, newest first, as a CSV or NDJSON attachment."""

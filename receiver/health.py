@@ -11,6 +11,7 @@ from flask import Blueprint
 from flask import current_app
 from flask import jsonify
 
+from receiver.openapi import operation
 from receiver.state import engine
 from receiver.state import redis_client
 from store.db import ReadTimeout
@@ -19,11 +20,14 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@operation(summary="Liveness: the process answers", tags=["operations"], responses={200: "Liveness"})
 def healthz():
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
+@operation(summary="Readiness: Redis (and, for the readers, the database) answer", tags=["operations"],
+           responses={200: "Readiness", 503: "Readiness"})
 def readyz():
     checks = {"redis": redis_check()}
     if current_app.config["APP_KIND"] != "intake":

@@ -20,6 +20,7 @@ from flask import jsonify
 from receiver import backpressure
 from receiver.auth import require_bearer
 from receiver.errors import error_response
+from receiver.openapi import operation
 from receiver.state import redis_client
 from receiver.state import settings
 from workers.queues import DELIVERY_STREAM
@@ -28,6 +29,8 @@ bp = Blueprint("intake_status", __name__)
 
 
 @bp.get("/api/intake")
+@operation(summary="The intake's gate, backlog and Redis memory", tags=["operations"], auth=("read",),
+           responses={200: "IntakeStatus"}, errors=(503,))
 @require_bearer("read_tokens")
 def intake_status():
     status = backpressure.gate().status()

@@ -45,6 +45,7 @@ from receiver import metric_files
 from receiver.auth import bearer_token
 from receiver.auth import token_matches
 from receiver.errors import error_response
+from receiver.openapi import operation
 from receiver.state import engine
 from receiver.state import redis_client
 from receiver.state import settings
@@ -146,6 +147,8 @@ class ServiceCollector:
 
 
 @bp.get("/metrics")
+@operation(summary="Prometheus metrics", tags=["operations"], auth=("read", "metrics"),
+           responses={200: {"text/plain": None}})
 def metrics():
     config = settings()
     if not token_matches(bearer_token(), config.read_tokens + config.metrics_tokens):

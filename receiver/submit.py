@@ -37,6 +37,7 @@ from receiver import labels as label_rules
 from receiver.api import task_response
 from receiver.auth import require_bearer
 from receiver.errors import error_response
+from receiver.openapi import operation
 from receiver.state import redis_client
 from receiver.state import settings
 from receiver.state import writer_engine
@@ -97,7 +98,7 @@ def _flag(value: object, name: str) -> bool:
 
 def parse_options(source: dict, fields: tuple[str, ...] = OPTIONS) -> Options:
     """The options of a request (JSON object or form fields); OptionError names a bad or unknown one."""
-    unknown = sorted(set(source) - set(fields))
+    unknown = sorted(set(source) - set(fields), key=str)  # a multipart part without a name is None
     if unknown:
         raise OptionError(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
                           f"(allowed: {', '.join(fields)})")
@@ -177,6 +178,9 @@ def _json_inputs(limit: int) -> tuple[list[tuple[str | None, object]], Options]:
 
 
 @bp.post("/captions")
+@operation(summary="Submit images for captioning", tags=["submission"], auth=("submit",),
+           body={"application/json": "Submission", "multipart/form-data": "SubmissionForm"},
+           responses={202: "Submitted"}, errors=(400, 413, 415, 422, 503))
 @require_bearer("submit_tokens")
 def submit():
     config = settings()
@@ -208,6 +212,8 @@ def submit():
 
 
 @bp.get("/captions/<task_uuid>")
+@operation(summary="A submitted task, with its history", tags=["submission"], auth=("submit",),
+           responses={200: "TaskWithHistory"}, errors=(400, 404, 503))
 @require_bearer("submit_tokens")
 def get_caption(task_uuid: str):
     return task_response(task_uuid)

@@ -41,6 +41,7 @@ from receiver import signatures
 from receiver.auth import webhook_secret_problem
 from receiver.errors import error_response
 from receiver.group_commit import group_commit
+from receiver.openapi import operation
 from receiver.state import settings
 from store.schema import utcnow
 from workers import payloads
@@ -72,6 +73,9 @@ def discard_unread_body(response: Response) -> Response:
 
 
 @bp.post("/webhooks/runware")
+@operation(summary="Receive a Runware result (served by the intake)", tags=["webhook"], auth=("webhook",),
+           query="WebhookQuery", body={"application/json": "ResultBody"}, responses={202: "Queued"},
+           errors=(400, 413, 415, 422, 503))
 def receive():
     config = settings()
     problem = webhook_secret_problem(config.webhook_tokens)

@@ -324,10 +324,10 @@ def replay_dead_letters(engine: sa.Engine, *, ids: list[int] | None = None, sinc
             with engine.begin() as conn:
                 if _replay_one(conn, letter):
                     report.replayed.append(letter["id"])
-        except sa.exc.DBAPIError as exc:
-            if is_outage(exc):
+        except (sa.exc.DBAPIError, TypeError, ValueError) as exc:
+            if isinstance(exc, sa.exc.DBAPIError) and is_outage(exc):
                 raise
-            reason = str(exc.orig)
+            reason = str(exc.orig) if isinstance(exc, sa.exc.DBAPIError) else f"the item is not a stored result: {exc}"
             with engine.begin() as conn:
                 conn.execute(dead_letters.update().where(dead_letters.c.id == letter["id"])
                              .values(attempts=dead_letters.c.attempts + 1, reason=reason))
