@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
 
 from store import search as search_query
 from store.schema import UTCDateTime
@@ -73,21 +72,25 @@ def labels_of(conn: sa.Connection, task_uuids: Iterable[str]) -> dict[str, tuple
     return found
 
 
-LABEL_FIRST_TASKS = 5_000
-"""A label filter whose rarest label fewer tasks carry than this (`label_values` says how many) reads those
-tasks from `ix_task_labels_key_value` first and sorts them; with a commoner one the list's order is walked and
-each task's labels checked, which meets a task of the label every (tasks / LABEL_FIRST_TASKS) rows at most."""
+LABEL_FIRST = 1.0
+"""SQLite: for `limit` tasks of a label that K of the N tasks carry, walking the list's order reads about
+limit x N / K of them (checking each one's labels), and reading the K from `ix_task_labels_key_value`
+costs about K (each looked up, then sorted). The rarest label's tasks are read first when
+K x K < LABEL_FIRST x limit x N (K from `label_values`, N from the highest rowid). PostgreSQL's planner makes
+that choice itself, from its statistics of `task_labels`."""
 
 
-def labelled_first(conn: sa.Connection, labels: dict[str, str]) -> list[str] | None:
-    """The tasks carrying the rarest of `labels` when they are fewer than LABEL_FIRST_TASKS, else None."""
-    if not labels:
+def labelled_first(conn: sa.Connection, labels: dict[str, str], limit: int) -> list[str] | None:
+    """SQLite: the tasks carrying the rarest of `labels` when reading them first costs less (LABEL_FIRST)."""
+    if not labels or conn.dialect.name != "sqlite":
         return None
     v = label_values.c
     counts = dict(conn.execute(sa.select(v.key, v.tasks).where(
         sa.or_(*(sa.and_(v.key == key, v.value == value) for key, value in labels.items())))).all())
     key = min(labels, key=lambda k: counts.get(k, 0))
-    if counts.get(key, 0) >= LABEL_FIRST_TASKS:
+    rarest = counts.get(key, 0)
+    stored = conn.scalar(sa.select(sa.func.max(search_query.TASKS_ROWID)).select_from(tasks)) or 0
+    if rarest * rarest >= LABEL_FIRST * limit * stored:
         return None
     label = task_labels.c
     return list(conn.scalars(sa.select(label.task_uuid).where(label.key == key, label.value == labels[key])))
@@ -165,15 +168,12 @@ def list_tasks(
         conditions.append(tasks.c.source.in_(sources))
     if after is not None:
         conditions.append(search_query.older_than(after))
-    first = labelled_first(conn, labels or {})
-    if first is not None:  # the few tasks of a label, looked up by key
-        if conn.dialect.name == "sqlite":
-            # SQLite guesses an equality keeps ten rows, so it would walk the index of another condition:
-            # saying those keep most rows makes it look the tasks up.
-            conditions = [sa.func.likelihood(c, sa.literal_column("0.9")) for c in conditions]
-            conditions.append(tasks.c.task_uuid.in_(first))
-        else:  # one array parameter (see store.results.known_deliveries)
-            conditions.append(tasks.c.task_uuid == sa.any_(sa.bindparam("labelled", first, type_=ARRAY(sa.Text))))
+    first = labelled_first(conn, labels or {}, limit + 1)
+    if first is not None:
+        # The few tasks are looked up by key. SQLite guesses an equality keeps ten rows, so it would walk
+        # the index of another condition: saying those keep most rows makes it look the tasks up.
+        conditions = [sa.func.likelihood(c, sa.literal_column("0.9")) for c in conditions]
+        conditions.append(tasks.c.task_uuid.in_(first))
     conditions += [carries(key, value) for key, value in (labels or {}).items()]
     columns = list(PUBLIC_FIELDS.values())
     if search is None:

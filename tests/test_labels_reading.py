@@ -326,10 +326,9 @@ def test_the_migration_rolls_up_an_existing_stores_labels_and_drops_orphans(data
         engine.dispose()
 
 
-@pytest.mark.parametrize("first_under", [0, 10**9])
-def test_the_label_filter_pages_alike_walking_the_list_or_looking_the_tasks_up(client, engine, monkeypatch,
-                                                                              first_under):
-    monkeypatch.setattr(queries, "LABEL_FIRST_TASKS", first_under)
+@pytest.mark.parametrize("first", [0, 10**9])
+def test_the_label_filter_pages_alike_walking_the_list_or_looking_the_tasks_up(client, engine, monkeypatch, first):
+    monkeypatch.setattr(queries, "LABEL_FIRST", first)
     made = seed(engine, 12)
     for value, status in (("proj_11", "success"), ("proj_03", None)):
         seen, cursor = [], None
