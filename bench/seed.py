@@ -54,6 +54,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from bench.common import ROOT
+from bench.common import BenchError
 from bench.common import PostgresUnavailable
 from store.db import create_engine
 from store.results import Delivery
@@ -460,7 +461,13 @@ def _seed(where: Location, name: str, n: int, revision: str, progress) -> Seeded
     progress(f"{where.store}: seeding {n:,} tasks through store.results.save_deliveries at {revision} ({name})")
     url = where.create(name)
     upgrade(url, revision)
-    deliveries, seconds, ended_at = write(url, n, progress)
+    try:
+        deliveries, seconds, ended_at = write(url, n, progress)
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+        if revision == "head":
+            raise
+        raise BenchError(f"seeding at revision {revision} failed: today's write path needs what a later revision "
+                         f"adds ({str(exc.orig).splitlines()[0]}); seed at a later one") from None
     return Seeded(where.store, url, n, deliveries, ended_at, round(seconds, 1), False,
                   None if revision == "head" else revision)
 
