@@ -72,11 +72,17 @@ def service(both, redis_url):
     return both
 
 
-def test_the_document_describes_every_route_of_both_apps(config):
+@pytest.fixture
+def sqlite_config(redis_url, sqlite_url) -> Config:
+    """Settings on SQLite alone, for what does not depend on the store."""
+    return Config.from_env({"APP_ENV": "development", "REDIS_URL": redis_url, "DATABASE_URL": sqlite_url, **SETTINGS})
+
+
+def test_the_document_describes_every_route_of_both_apps(sqlite_config):
     document = openapi.document()
     assert document["openapi"] == "3.1.0"
     for kind in ("intake", "api"):
-        app = create_app(config, kind=kind)
+        app = create_app(sqlite_config, kind=kind)
         for rule in app.url_map.iter_rules():
             path = FlaskPlugin.flaskpath2openapi(rule.rule)
             described = document["paths"].get(path, {})
@@ -119,7 +125,14 @@ def not_blank(case) -> bool:
     return not any(isinstance(v, str) and not v.strip() for v in (case.query or {}).values())
 
 
-@pytest.mark.parametrize("kind", TOKENS)
+STORES = [(store, kind) for kind in TOKENS for store in ("sqlite", "postgres")
+          if store == "sqlite" or kind in ("read", "submit", "admin")]
+"""The kinds of token whose routes use the store run on both; the webhook's and the public ones on SQLite."""
+
+
+@pytest.mark.parametrize("database_url, kind", [
+    pytest.param(store, kind, marks=[pytest.mark.postgres] if store == "postgres" else []) for store, kind in STORES
+], indirect=["database_url"])
 def test_every_answer_keeps_to_the_document(service, kind):
     """Each operation that takes the `kind` token (for "none": each that takes no token) gets EXAMPLES valid
     requests and, when it has a query or body to break, EXAMPLES invalid ones; the others one, to see their
@@ -184,11 +197,9 @@ def test_a_multipart_part_without_a_name_is_refused_naming_it(both):
     assert answer.status_code == 400, answer.get_data(as_text=True)
 
 
-def test_the_reference_page_draws_the_document_from_this_origin_alone(redis_url, sqlite_url):
+def test_the_reference_page_draws_the_document_from_this_origin_alone(sqlite_config):
     """Over real HTTP (werkzeug's server: the page needs no gunicorn), in Chromium, under the page's CSP."""
-    config = Config.from_env({"APP_ENV": "development", "REDIS_URL": redis_url, "DATABASE_URL": sqlite_url,
-                              **SETTINGS})
-    server = make_server("127.0.0.1", 0, create_app(config), threaded=True)
+    server = make_server("127.0.0.1", 0, create_app(sqlite_config), threaded=True)
     url = f"http://127.0.0.1:{server.server_port}"
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
