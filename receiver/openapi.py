@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from http import HTTPStatus
 
 from flask import Blueprint
 from flask import Flask
@@ -182,7 +183,7 @@ class Models:
     def operation(self, meta: dict, endpoint: str) -> dict:
         op = {"operationId": endpoint.replace(".", "_"), "summary": meta["summary"], "tags": meta["tags"],
               "security": [{name: []} for kind in meta["auth"] for name in AUTH[kind]],
-              "responses": {str(status): {"description": "OK" if status < 300 else "", "content": self.content(v)}
+              "responses": {str(status): {"description": HTTPStatus(status).phrase, "content": self.content(v)}
                             for status, v in meta["responses"].items()}}
         errors = set(meta["errors"]) | ({401} if meta["auth"] else set())
         for status in sorted(errors):
