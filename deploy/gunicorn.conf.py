@@ -179,6 +179,10 @@ def on_starting(server):
 
 
 def post_fork(server, worker):
+    if kind == "intake":
+        from receiver import body_deadline
+
+        body_deadline.SECONDS = server.cfg.timeout  # a thread is not cut off at `timeout`: its body is
     if kind == "api" and api_nice:
         os.nice(api_nice)
     if kind == "api":

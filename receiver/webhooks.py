@@ -19,7 +19,8 @@ counts one outcome in `captions_webhook_requests_total` (receiver/intake_metrics
 A refused request's unread body is read and dropped before the answer (up to
 DISCARD_LIMIT_BYTES), so that a sender that writes its whole body before it reads
 (Python's urllib, many simple senders) reads the 401 or 413 instead of a reset
-connection; a slow sender is cut off by gunicorn's worker timeout as any is.
+connection; a sender that has not delivered its body by gunicorn's timeout is cut
+off (receiver/body_deadline.py).
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ import orjson
 import redis
 from flask import Blueprint
 from flask import Response
+from flask import g
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from receiver import backpressure
+from receiver import body_deadline
 from receiver import intake_metrics as metrics
 from receiver import labels as url_labels
 from receiver import signatures
@@ -61,6 +64,21 @@ def reject(outcome: str, status: int, message: str, **extra):
     return error_response(status, message, **extra)
 
 
+@bp.before_request
+def watch_the_body() -> None:
+    """Give a request with a body until body_deadline.SECONDS to deliver it (under gunicorn)."""
+    sock = request.environ.get("gunicorn.socket")
+    if body_deadline.SECONDS and sock is not None and (request.content_length or request.headers.get(
+            "Transfer-Encoding")):
+        g.body_deadline = body_deadline.watchdog.watch(sock, body_deadline.SECONDS)
+
+
+@bp.teardown_request
+def body_done(_exc: BaseException | None = None) -> None:
+    if "body_deadline" in g:
+        body_deadline.watchdog.release(g.pop("body_deadline"))
+
+
 @bp.after_request
 def discard_unread_body(response: Response) -> Response:
     """Read and drop what is left of a refused request's body, unless it is announced above the bound."""
@@ -69,6 +87,7 @@ def discard_unread_body(response: Response) -> Response:
         stream = request.environ["wsgi.input"]
         while limit > 0 and (chunk := stream.read(min(limit, 65536))):
             limit -= len(chunk)
+    body_done()
     return response
 
 
@@ -87,6 +106,7 @@ def receive():
         body = request.get_data(cache=False)
     except RequestEntityTooLarge:
         return reject("too_large", 413, f"the body is over the limit of {config.max_body_bytes} bytes")
+    body_done()
     if config.webhook_signing_keys:
         try:
             signatures.verify(config.webhook_signing_keys, request.headers, body,
