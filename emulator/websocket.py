@@ -24,7 +24,9 @@ getResponse has its result.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 from typing import TYPE_CHECKING
 
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 PING_INTERVAL_S = 20
 RECEIVE_BYTES = 64 * 1024
 SERVICE_RESTART = 1012
+CLOSE_HANDSHAKE_S = 2.0
+"""How long a client has to answer the server's close before the socket is shut."""
 PONG = {"taskType": "ping", "pong": True}
 
 sock = Sock()
@@ -95,11 +99,18 @@ class Connection:
             return True
 
     def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake, and end it here: the client's answering close ends the library's reader
+        thread, which shuts the socket. Left to the request's thread, the HTTP server would read that answer as
+        the next request and wait on it, with the connection open."""
         with self._lock:
             try:
                 self.ws.close(code, reason)
             except (ConnectionClosed, OSError):
-                pass  # closed already
+                return  # closed already
+        self.ws.thread.join(CLOSE_HANDSHAKE_S)
+        if self.ws.thread.is_alive():  # no answer: shut the socket, which wakes the reader thread
+            with contextlib.suppress(OSError):
+                self.ws.sock.shutdown(socket.SHUT_RDWR)
 
     def reply(self, *outcomes: dict | ApiError) -> None:
         """Answer on this connection only (pongs, authentication, messages that hold no task)."""

@@ -18,7 +18,7 @@ from tests.support import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-NEEDS_WRK = ("intake", "endtoend")
+NEEDS_WRK = ("intake", "endtoend", "memory")
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,7 @@ def test_intake_and_end_to_end_are_measured_and_accounted(results):
         assert lv["backlog_end"] >= 0
 
 
+@pytest.mark.skipif(not shutil.which("wrk"), reason="wrk is not on PATH")
 def test_memory_and_targets(results):
     _, data, _ = results
     memory = data["phases"]["memory"]
