@@ -59,10 +59,13 @@ from pathlib import Path
 from honcho.environ import parse_procfile
 from honcho.manager import SIGNALS
 from honcho.manager import Manager
+from redis import Redis
+from rq import Queue
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import logs  # noqa: E402  (the project's log formats, as its processes will use them)
+from workers.queues import PERSIST_QUEUE  # noqa: E402
 
 DEPLOY = ROOT / "deploy"
 VAR = ROOT / "var"
@@ -93,8 +96,11 @@ STOP_COLD_S = 5.0
 REDIS_STOP_S = 10.0
 """How long the private redis-server has to write its data and exit before it is killed."""
 
+DRAINED_MAX_S = 15.0
+"""Before the banner, how long to wait at most for the last drain job to end (it prints a line as it does)."""
+
 SETTLE_S, SETTLE_MAX_S = 0.5, 3.0
-"""Before the banner, how long the processes must have printed nothing (waiting at most SETTLE_MAX_S)."""
+"""Then, how long the processes must have printed nothing (waiting at most SETTLE_MAX_S)."""
 
 PR_SET_PDEATHSIG = 1
 """prctl(2): the signal a process gets when its parent dies (Linux)."""
@@ -374,6 +380,19 @@ def caption_samples(env: dict[str, str], stopping: threading.Event, guard: Guard
     return not stopping.is_set()
 
 
+def wait_drained(env: dict[str, str], stopping: threading.Event) -> None:
+    """Until no drain job is queued or running, at most DRAINED_MAX_S: a drain ends (and says what it stored)
+    only after it has waited a while for more deliveries, well after the samples' captions are in the store."""
+    drains = Queue(PERSIST_QUEUE, connection=Redis.from_url(env["REDIS_URL"]))
+    deadline = time.monotonic() + DRAINED_MAX_S
+    try:
+        while (drains.count or drains.started_job_registry.count) and time.monotonic() < deadline:
+            if stopping.wait(0.1):
+                return
+    finally:
+        drains.connection.close()
+
+
 def banner(env: dict[str, str]) -> None:
     """URLs, tokens, a curl line to post a result and one to read it back, and what to do next.
 
@@ -541,7 +560,8 @@ class Supervisor(Manager):
                       flush=True)
             return
         if caption_samples(self.env, self.stopping, self.guard):
-            deadline = time.monotonic() + SETTLE_MAX_S  # the drain's last line first, then the banner
+            wait_drained(self.env, self.stopping)  # the drain's last line first, then the banner
+            deadline = time.monotonic() + SETTLE_MAX_S
             while time.monotonic() - self.last_line_at < SETTLE_S and time.monotonic() < deadline:
                 time.sleep(0.05)
             banner(self.env)
