@@ -191,6 +191,21 @@ def post_fork(server, worker):
         exports.keep_alive = worker.notify  # a long export is alive while chunks flow (receiver/exports.py)
 
 
+def worker_exit(server, worker):
+    """The worker's last step, after its requests: close its database connections, flush its logs, and end
+    without the interpreter's teardown, which takes a second or more of a niced worker's CPU at every stop
+    and restart. The exit status stays the one gunicorn chose (its boot and app-load errors stop the master)."""
+    from store.db import dispose_engines
+
+    status = sys.exc_info()[1]
+    code = status.code if isinstance(status, SystemExit) else 1
+    dispose_engines()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 1)
+
+
 def child_exit(server, worker):
     """A worker is gone: drop its live gauges from the aggregate (its counters stay counted)."""
     from prometheus_client import multiprocess

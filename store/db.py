@@ -151,6 +151,15 @@ def reader_engine_for(url: str, timeout_ms: int) -> sa.Engine:
     return _shared(url, timeout_ms)
 
 
+def dispose_engines() -> None:
+    """Close the pooled connections of the shared engines this process made (not those of a parent it was
+    forked from, whose connections are the parent's)."""
+    mine = f"{os.getpid()}:"
+    for key, engine in _engines.items():
+        if key.startswith(mine):
+            engine.dispose()
+
+
 def _shared(url: str, read_timeout_ms: int | None) -> sa.Engine:
     key = f"{os.getpid()}:{read_timeout_ms}:{url}"
     engine = _engines.get(key)

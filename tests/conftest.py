@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from config import Config
 from config import database_url as normalise_url
 from receiver import create_app
+from store.db import dispose_engines
 from store.migrate import upgrade
 from store.schema import AGGREGATES
 from store.schema import metadata
@@ -103,10 +104,7 @@ def postgres_url():
     url = sa.engine.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
     upgrade(url)
     yield url
-    from store.db import _engines
-
-    for engine in _engines.values():
-        engine.dispose()
+    dispose_engines()
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
