@@ -112,8 +112,12 @@ def postgres_url():
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request):
-    """Each test using the store runs once on SQLite and once on PostgreSQL, on empty tables."""
+    """Each test using the store runs once on SQLite and once on PostgreSQL, on empty tables.
+
+    The workers a test runs in this process start, like a worker process, with no pooled connection of an
+    earlier test's (store.db shares one engine per URL and process)."""
     url = request.getfixturevalue(f"{request.param}_url")
+    dispose_engines()
     clear(url)
     return url
 
