@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -13,13 +14,23 @@ from .server import server_url
 from .settings import parse_args
 
 
+def configure_logging() -> None:
+    """Plain lines; under LOG_FORMAT=console (`make run`) without the time, which the supervisor stamps, and
+    without werkzeug's line per request."""
+    if os.environ.get("LOG_FORMAT", "").strip().lower() == "console":
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s emulator %(levelname)s %(message)s")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = parse_args(argv, command_line=True)
     except ValueError as exc:
         print(f"python -m emulator: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s emulator %(levelname)s %(message)s")
+    configure_logging()
     try:
         server = make_emulator_server(settings)
     except OSError as exc:

@@ -143,6 +143,7 @@ def test_ctrl_c_stops_every_process_of_make_run_even_with_a_job_in_hand(redis_ur
         assert "drain stored 6 deliveries stored=6" in lines, console
         assert not [line for line in lines if line.startswith("{")], "a JSON line in development"
         assert not [line for line in lines if "Booting worker" in line or "Job OK" in line], "library chatter"
+        assert '"POST /v1 HTTP/1.1"' not in console, "the emulator's line per request"
         service_log = (ROOT / "var" / "log" / "service.log").read_text()
         assert "Booting worker" in service_log and "time.sleep(600)" in service_log, "the chatter is in the file"
 
