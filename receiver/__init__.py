@@ -67,9 +67,10 @@ def register_readers(app: Flask) -> None:
     from receiver import intake_status
     from receiver import metrics
     from receiver import openapi
+    from receiver import series
     from receiver import submit
 
-    for module in (api, exports, submit, admin, health, metrics, dashboard, intake_status, openapi):
+    for module in (api, series, exports, submit, admin, health, metrics, dashboard, intake_status, openapi):
         app.register_blueprint(module.bp)
 
 

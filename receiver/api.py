@@ -79,7 +79,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def _money(amount: Decimal) -> dict:
+def money(amount: Decimal) -> dict:
     """Spend as a number rounded to 6 places (`usd`) and as the exact decimal string (`exact`)."""
     return {"usd": float(amount.quantize(MONEY_PLACES)), "exact": format(amount, "f")}
 
@@ -114,7 +114,7 @@ def group_json(group: labels_from.Group) -> dict:
     return {
         "value": group.value,
         "tasks": {"total": group.tasks, "byStatus": group.by_status},
-        "spend": {**_money(group.spend), "successes": group.successes, "errors": group.errors},
+        "spend": {**money(group.spend), "successes": group.successes, "errors": group.errors},
         "successRate": round(group.successes / finished, 6) if finished else None,
     }
 
@@ -224,11 +224,11 @@ def stats():
                                   if created.average_deliveries is not None else None),
         },
         spend={
-            **_money(results.spend),
+            **money(results.spend),
             "successes": results.successes,
             "byDay": [
                 {"day": d.day.isoformat(), "tasks": d.tasks, "successes": d.successes, "errors": d.errors,
-                 **_money(d.spend)}
+                 **money(d.spend)}
                 for d in results.days
             ],
         },

@@ -80,6 +80,14 @@ class StatsQuery(BaseModel):
                                   description="label.K: add `groups`, per value of label K")] | None = None
 
 
+class SeriesQuery(BaseModel):
+    bucket: Literal["hour", "day"] | None = Field(None, description="the bucket size (default hour)")
+    since: Annotated[Time, Field(description="inclusive, a whole UTC hour (day: midnight); default: 48 hours "
+                                 "(30 days) before until")] | None = None
+    until: Annotated[Time, Field(description="exclusive, a whole UTC hour (day: midnight), later than since, at "
+                                 "most 1000 buckets after it; default: the end of the bucket under way")] | None = None
+
+
 class LabelsQuery(BaseModel):
     values: Annotated[int, Field(ge=1, le=100, description="values listed per key (default 10)")] | None = None
 
@@ -256,6 +264,54 @@ class Stats(Closed):
     deadLetters: DeadLetterCounts
     waiting: Waiting
     groups: Groups | None = Field(None, description="with groupBy only")
+
+
+Seconds = Annotated[float, Field(description="the bound of the histogram bucket holding it; null when there is no "
+                                 "latency or it lies past the last bound")]
+
+
+class Percentiles(Closed):
+    count: Count = Field(description="latencies counted")
+    p50: Seconds | None
+    p95: Seconds | None
+    p99: Seconds | None
+    histogram: list[Count] = Field(description="one count per bound of boundsSeconds, and one for the slower rest")
+
+
+class SeriesLatency(Closed):
+    submittedToResult: Percentiles = Field(description="tasks finished, this service's submissions")
+    receivedToStored: Percentiles | None = Field(description="webhook deliveries; null per model")
+
+
+class Finished(Closed):
+    successes: Count
+    errors: Count
+    successRate: float | None = Field(description="successes over finished tasks, rounded to 6 places")
+
+
+class Figures(Closed):
+    tasks: GroupTasks = Field(description="tasks created")
+    finished: Finished = Field(description="tasks whose result came")
+    spend: Money
+    meanCost: Money | None = Field(description="spend per success, rounded to 1e-10 USD")
+    latency: SeriesLatency
+
+
+class BucketFigures(Figures):
+    start: Time
+
+
+class ModelFigures(Figures):
+    model: str = Field(description="'' for tasks that name none")
+
+
+class StatsSeries(Closed):
+    bucket: Literal["hour", "day"]
+    window: Window
+    boundsSeconds: list[float]
+    buckets: list[BucketFigures] = Field(description="every bucket of the window, oldest first")
+    total: Figures
+    byModel: list[ModelFigures]
 
 
 class LabelValue(Closed):
