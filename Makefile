@@ -96,3 +96,13 @@ vendor-api-docs: ## re-vendor the API reference page's Swagger UI (swagger-ui-di
 		for f in swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt swagger-ui.css LICENSE NOTICE; do \
 			cp "$$tmp/package/$$f" $(API_DOCS)/$$f; done && \
 		echo "$(API_DOCS): swagger-ui-dist $(SWAGGER_UI_VERSION)"
+
+.PHONY: vendor-uplot
+UPLOT_VERSION ?= 1.6.32
+UPLOT := receiver/static/vendor/uplot
+vendor-uplot: ## re-vendor the dashboard's chart library (uplot@UPLOT_VERSION from npm: its ES module, CSS and licence)
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+		(cd "$$tmp" && npm pack --silent uplot@$(UPLOT_VERSION) >/dev/null && tar xzf uplot-*.tgz) && \
+		mkdir -p $(UPLOT) && \
+		for f in dist/uPlot.esm.js dist/uPlot.min.css LICENSE; do cp "$$tmp/package/$$f" $(UPLOT)/; done && \
+		echo "$(UPLOT): uplot $(UPLOT_VERSION)"

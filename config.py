@@ -85,6 +85,7 @@ class Config:
     retry_after_seconds: int = 5
     admin_tokens: tuple[str, ...] = ()
     delivery_retention_days: int = 30
+    thumbnail_retention_days: int = 30
     persist_stale_after_ms: int = 15_000
     persist_concurrency: int = 2
     # Submission and reconciliation of the tasks this service sends.
@@ -176,6 +177,7 @@ INTEGER_SETTINGS = {
                                "(default 2 on SQLite, 3 on PostgreSQL)"),
     "PERSIST_STALE_AFTER_MS": (100, "a delivery pending this long with a silent drain is claimed by another"),
     "DELIVERY_RETENTION_DAYS": (1, "days the delivery log is kept"),
+    "THUMBNAIL_RETENTION_DAYS": (1, "days the thumbnail of a submitted image is kept"),
     "WEBHOOK_SIGNATURE_TOLERANCE_SECONDS": (1, "how far a signed webhook's timestamp may be from now"),
     "SUBMIT_BATCH_SIZE": (1, "tasks per Runware request"),
     "SUBMIT_MAX_ATTEMPTS": (1, "times a task is sent before a transient failure becomes final"),

@@ -69,8 +69,9 @@ def register_readers(app: Flask) -> None:
     from receiver import openapi
     from receiver import series
     from receiver import submit
+    from receiver import thumbnails
 
-    for module in (api, series, exports, submit, admin, health, metrics, dashboard, intake_status, openapi):
+    for module in (api, series, thumbnails, exports, submit, admin, health, metrics, dashboard, intake_status, openapi):
         app.register_blueprint(module.bp)
 
 

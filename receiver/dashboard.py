@@ -1,8 +1,9 @@
 """The built-in dashboard: `GET /dashboard`, an HTML shell whose script polls the read API.
 
 View/data split, as in rq-dashboard: the page itself holds no data and needs no
-token; its script (`static/dashboard/dashboard.js`) fetches `/api/stats` and
-`/api/tasks` every few seconds and draws them.
+token; its script (ES modules under `static/dashboard/`, `main.js` first) fetches
+`/api/stats`, `/api/stats/series`, `/api/tasks` and the rest every few seconds and
+draws them, charts with uPlot (vendored under `static/vendor/uplot/`).
 
 Authentication is the read token (READ_TOKENS), asked for once by a sign-in form.
 The script keeps it in the tab's `sessionStorage` (gone when the tab closes) and
@@ -30,6 +31,9 @@ bp = Blueprint(
     static_folder="static/dashboard",
     static_url_path="/dashboard/static",
 )
+vendor = Blueprint("vendor", __name__, static_folder="static/vendor", static_url_path="/dashboard/vendor")
+"""Libraries vendored from npm, licences kept (uPlot: `make vendor-uplot`); the page's headers apply."""
+bp.register_blueprint(vendor)
 
 POLL_INTERVAL_MS = 3000
 """How often the page refreshes its figures (milliseconds)."""

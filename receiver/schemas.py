@@ -127,6 +127,7 @@ class Task(Closed):
     updatedAt: Time
     labels: dict[str, str]
     labelConflicts: list[str] = Field(description="keys a submission or delivery gave another value")
+    thumbnail: bool = Field(description="a thumbnail of its image is kept: GET /api/tasks/{taskUUID}/thumbnail")
 
 
 class DeliveredItem(BaseModel):

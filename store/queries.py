@@ -13,6 +13,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from store import search as search_query
+from store import thumbnails
 from store.schema import UTCDateTime
 from store.schema import label_values
 from store.schema import task_labels
@@ -122,9 +123,10 @@ def task_json(row: sa.Row, labels: tuple[dict[str, str], list[str]] | None = Non
 
 
 def with_labels(conn: sa.Connection, rows: list[sa.Row]) -> list[dict]:
-    """Task rows as JSON, each with its labels (one query for them all)."""
+    """Task rows as JSON, each with its labels and whether it has a thumbnail (one query for each, for them all)."""
     labels = labels_of(conn, (row.task_uuid for row in rows))
-    return [task_json(row, labels.get(row.task_uuid)) for row in rows]
+    shown = thumbnails.kept(conn, (row.task_uuid for row in rows))
+    return [{**task_json(row, labels.get(row.task_uuid)), "thumbnail": row.task_uuid in shown} for row in rows]
 
 
 def get_task(conn: sa.Connection, task_uuid: str) -> dict | None:

@@ -146,6 +146,18 @@ task_events = sa.Table(
 )
 """A task's history, one row per delivery item, submission attempt and poll; kept as long as the delivery log."""
 
+thumbnails = sa.Table(
+    "thumbnails",
+    metadata,
+    sa.Column("task_uuid", sa.String(36), primary_key=True),
+    sa.Column("image", sa.LargeBinary, nullable=False, comment="WEBP"),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_thumbnails_created", "created_at"),  # retention (workers/maintenance.py)
+)
+"""A small WEBP of the image of a task this service queued (store/thumbnails.py, revision 0012)."""
+
 dead_letters = sa.Table(
     "dead_letters",
     metadata,

@@ -34,6 +34,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
+from store import thumbnails
 from store.results import Label
 from store.results import merge_labels
 from store.schema import FINAL_STATUSES
@@ -73,7 +74,8 @@ class Claimed:
 
 
 def queue_tasks(conn: sa.Connection, new: Iterable[NewTask]) -> int:
-    """Store tasks as queued (source `submitted`), with their labels, given at the queue time. Returns how many."""
+    """Store tasks as queued (source `submitted`), with their labels, given at the queue time, and the thumbnails of
+    their images (store/thumbnails.py). Returns how many."""
     now = utcnow()
     new = list(new)
     rows = [
@@ -96,6 +98,7 @@ def queue_tasks(conn: sa.Connection, new: Iterable[NewTask]) -> int:
     if rows:
         conn.execute(tasks.insert(), rows)
         merge_labels(conn, (Label(t.task_uuid, key, value, now) for t in new for key, value in t.labels.items()))
+        thumbnails.save(conn, ((t.task_uuid, t.input_ref) for t in new), now)
     return len(rows)
 
 

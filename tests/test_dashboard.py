@@ -35,7 +35,8 @@ from tests.reporting_data import UUID
 from tests.support import ROOT
 from tests.support import Gunicorn
 
-SCRIPT = ROOT / "receiver" / "static" / "dashboard" / "dashboard.js"
+SCRIPTS = sorted((ROOT / "receiver" / "static" / "dashboard").glob("*.js"))
+"""The page's ES modules (main.js first to load)."""
 
 
 def test_page_is_a_shell_under_a_strict_policy(client):
@@ -68,22 +69,35 @@ def test_the_page_needs_no_token_but_its_data_does(client):
     assert client.get("/api/tasks").status_code == 401
 
 
-@pytest.mark.parametrize("name, mimetype", [("dashboard.js", "text/javascript"), ("dashboard.css", "text/css"),
-                                            ("favicon.svg", "image/svg+xml")])
-def test_static_files_are_served_with_nosniff(client, name, mimetype):
-    response = client.get(f"/dashboard/static/{name}")
+@pytest.mark.parametrize("path, mimetype", [
+    ("static/main.js", "text/javascript"), ("static/charts.js", "text/javascript"),
+    ("static/dashboard.css", "text/css"), ("static/favicon.svg", "image/svg+xml"),
+    ("vendor/uplot/uPlot.esm.js", "text/javascript"), ("vendor/uplot/uPlot.min.css", "text/css")])
+def test_static_files_are_served_with_nosniff(client, path, mimetype):
+    response = client.get(f"/dashboard/{path}")
     assert response.status_code == 200
     assert response.mimetype == mimetype
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     response.close()
 
 
-def test_the_script_never_turns_strings_into_markup_or_logs():
-    source = SCRIPT.read_text()
+def test_the_vendored_chart_library_keeps_its_licence_and_turns_no_string_into_markup():
+    vendored = ROOT / "receiver" / "static" / "vendor" / "uplot"
+    assert "MIT License" in (vendored / "LICENSE").read_text()
+    source = (vendored / "uPlot.esm.js").read_text()
+    assert "Leon Sorokin" in source.split("*/", 1)[0]
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "eval(", "Function("):
+        assert sink not in source, sink
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.name)
+def test_the_script_never_turns_strings_into_markup_or_logs(script):
+    source = script.read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "Function(",
                  "localStorage", "console.", "document.cookie"):
         assert sink not in source, sink
-    assert "textContent" in source
+    if script.name == "dom.js":
+        assert "node.textContent = String(text)" in source, "elements get their text as text"
 
 
 # --- in Chromium --------------------------------------------------------------------------------
@@ -223,10 +237,14 @@ def test_dashboard_in_chromium(tabs, server, engine, tmp_path):
 
 POLL_SECONDS = POLL_INTERVAL_MS / 1000
 
+PANELS = 6
+"""Requests a poll of the board makes in turn: stats, the hourly and the daily series, tasks, intake, labels."""
+
 
 def script_constant(name: str) -> float:
     """A number the dashboard's script defines (`const NAME = 1234;`)."""
-    return float(re.search(rf"\bconst {name} = ([\d.]+);", SCRIPT.read_text()).group(1))
+    source = (ROOT / "receiver" / "static" / "dashboard" / "poll.js").read_text()
+    return float(re.search(rf"\bconst {name} = ([\d.]+);", source).group(1))
 
 
 def signed_in(tabs, server, clock: bool = False):
@@ -258,7 +276,7 @@ def test_slow_answers_never_overlap_and_space_the_polls_out(tabs, server, engine
     data.load(engine)
     page = signed_in(tabs, server)
     traffic = Traffic(page, hold=True)
-    slow = 0.6 * POLL_SECONDS  # each answer held this long: a poll (stats, then tasks) outlasts the interval
+    slow = 0.6 * POLL_SECONDS  # each answer held this long: a poll (PANELS requests in turn) outlasts the interval
 
     def polls() -> list[float]:
         """When each poll started: a poll opens with /api/stats."""
@@ -269,9 +287,9 @@ def test_slow_answers_never_overlap_and_space_the_polls_out(tabs, server, engine
         return lambda: len(polls()) >= n and traffic.in_flight == 0 and not traffic.held
 
     # A slow poll: the next one waits more than the interval.
-    traffic.run(4 * POLL_SECONDS, slow, until=done(1), what="a first poll, answered")
+    traffic.run(PANELS * slow + 2 * POLL_SECONDS, slow, until=done(1), what="a first poll, answered")
     first_end = max(traffic.ended.values())
-    traffic.run(8 * POLL_SECONDS, slow, until=lambda: len(polls()) >= 2, what="a second poll")
+    traffic.run(PANELS * slow + 6 * POLL_SECONDS, slow, until=lambda: len(polls()) >= 2, what="a second poll")
     assert polls()[1] - first_end > 2 * POLL_SECONDS - 0.5, "backed off after a slow poll"
     assert status(page)[0] == "slow"
 
@@ -282,7 +300,7 @@ def test_slow_answers_never_overlap_and_space_the_polls_out(tabs, server, engine
     assert page.evaluate("document.visibilityState") == "hidden"
     page.bring_to_front()
     other.close()
-    traffic.run(6 * POLL_SECONDS, slow, until=lambda: len(polls()) >= 3, what="a third poll")
+    traffic.run(2 * PANELS * slow + 2 * POLL_SECONDS, slow, until=lambda: len(polls()) >= 3, what="a third poll")
     second_end = max(traffic.ended.values())
     assert polls()[2] - second_end < 1, "the poll asked for meanwhile ran as soon as the last one ended"
     third = [request for t, request in traffic.sent if is_stats(request)][2]

@@ -77,7 +77,7 @@ def test_purge_deletes_old_log_rows_in_batches_and_keeps_the_rest(engine):
 
     deleted = maintenance.purge(engine, now - timedelta(days=30), batch_size=3)
 
-    assert deleted == {"deliveries": 7, "task_events": 0, "dead_letters": 0, "finished": True}
+    assert deleted == {"deliveries": 7, "task_events": 0, "dead_letters": 0, "thumbnails": 0, "finished": True}
     assert ids(engine, deliveries) == recent
     assert not old & ids(engine, deliveries)
 
@@ -119,7 +119,8 @@ def test_the_cleanup_job_runs_on_a_real_maintenance_worker(config, engine, monke
 
     job.refresh()
     assert job.is_finished, job.latest_result()
-    assert job.return_value() == {"deliveries": 1, "task_events": 0, "dead_letters": 0, "finished": True}
+    assert job.return_value() == {"deliveries": 1, "task_events": 0, "dead_letters": 0, "thumbnails": 0,
+                                  "finished": True}
     assert ids(engine, deliveries) == {kept}
 
 
@@ -140,10 +141,10 @@ def test_a_long_cleanup_goes_on_in_slices_each_enqueuing_the_next(config, engine
     registry = FinishedJobRegistry(MAINTENANCE_QUEUE, connection=conn)
     slices = sorted(Job.fetch_many(registry.get_job_ids(), connection=conn), key=lambda job: job.started_at)
     assert [job.return_value() for job in slices] == [
-        {"deliveries": 2, "task_events": 0, "dead_letters": 0, "finished": False},
-        {"deliveries": 2, "task_events": 0, "dead_letters": 0, "finished": False},
-        {"deliveries": 1, "task_events": 0, "dead_letters": 2, "finished": False},
-        {"deliveries": 0, "task_events": 0, "dead_letters": 0, "finished": True},
+        {"deliveries": 2, "task_events": 0, "dead_letters": 0, "thumbnails": 0, "finished": False},
+        {"deliveries": 2, "task_events": 0, "dead_letters": 0, "thumbnails": 0, "finished": False},
+        {"deliveries": 1, "task_events": 0, "dead_letters": 2, "thumbnails": 0, "finished": False},
+        {"deliveries": 0, "task_events": 0, "dead_letters": 0, "thumbnails": 0, "finished": True},
     ]
     assert ids(engine, deliveries) == kept and not letters & ids(engine, dead_letters)
 

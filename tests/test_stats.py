@@ -143,7 +143,7 @@ def test_task_list_is_newest_first_with_the_public_fields(client, store):
     first = body["tasks"][0]
     assert set(first) == {"taskUUID", "status", "source", "taskType", "model", "text", "cost", "errorCode",
                           "errorMessage", "conflict", "deliveryCount", "firstDeliveryAt", "lastDeliveryAt",
-                          "submittedAt", "createdAt", "updatedAt", "labels", "labelConflicts"}
+                          "submittedAt", "createdAt", "updatedAt", "labels", "labelConflicts", "thumbnail"}
     task_i = body["tasks"][2]
     assert task_i["cost"] == 1.2345678901 and task_i["updatedAt"] == "2026-03-02T23:30:00+00:00"
 

@@ -6,9 +6,9 @@
   the flag of a dead drain lingers. So a delivery in Redis reaches the store
   within seconds of a crash, not after RQ's ten-minute maintenance pass.
 - `cleanup` (RQ cron, hourly, on the maintenance queue): deletes the delivery
-  log older than `DELIVERY_RETENTION_DAYS` with the task events (history) as old, and dead letters replayed before
-  that, in batches, each batch its own short transaction. One job is a slice of
-  at most `CLEANUP_SLICE_S`; while rows remain it enqueues the next slice. It
+  log older than `DELIVERY_RETENTION_DAYS` with the task events (history) as old, dead letters replayed before
+  that, and thumbnails older than `THUMBNAIL_RETENTION_DAYS`, in batches, each batch its own short transaction.
+  One job is a slice of at most `CLEANUP_SLICE_S`; while rows remain it enqueues the next slice. It
   never deletes the log of a delivery still in the stream (its idempotency record).
 - `list_dead_letters` / `replay_dead_letters`: what the API and the CLI
   (`flask deadletters ...`) call. A replay applies a letter's item, with the
@@ -41,6 +41,7 @@ from store.results import merge_labels
 from store.schema import dead_letters
 from store.schema import deliveries
 from store.schema import task_events
+from store.schema import thumbnails
 from store.schema import utcnow
 from workers.persist import _is_outage as is_outage
 from workers.persist import ensure_group
@@ -181,9 +182,9 @@ def _delete_in_batches(engine: sa.Engine, table: sa.Table, key: sa.Column, *wher
 
 
 def purge(engine: sa.Engine, before: datetime, batch_size: int = CLEANUP_BATCH,
-          seconds: float = CLEANUP_SLICE_S) -> dict:
+          seconds: float = CLEANUP_SLICE_S, thumbnails_before: datetime | None = None) -> dict:
     """Delete the delivery log received before `before`, the task events (history) before it, then dead letters
-    replayed before it, for `seconds`.
+    replayed before it, then the thumbnails made before `thumbnails_before` (none without it), for `seconds`.
 
     Returns the rows deleted per table, and `finished`: False when time ran out first.
     """
@@ -198,7 +199,13 @@ def purge(engine: sa.Engine, before: datetime, batch_size: int = CLEANUP_BATCH,
         letters, finished = _delete_in_batches(engine, dead_letters, dead_letters.c.id,
                                                dead_letters.c.replayed_at < before, batch_size=batch_size,
                                                stop_at=stop_at)
-    return {"deliveries": log_rows, "task_events": events, "dead_letters": letters, "finished": finished}
+    images = 0
+    if finished and thumbnails_before is not None:
+        images, finished = _delete_in_batches(engine, thumbnails, thumbnails.c.task_uuid,
+                                              thumbnails.c.created_at < thumbnails_before, batch_size=batch_size,
+                                              stop_at=stop_at)
+    return {"deliveries": log_rows, "task_events": events, "dead_letters": letters, "thumbnails": images,
+            "finished": finished}
 
 
 def retention_cutoff(config: Config, conn: redis.Redis | None, now: datetime | None = None) -> datetime:
@@ -219,7 +226,8 @@ def cleanup() -> dict:
     config = Config.from_env()
     conn = connect(config.redis_url)
     cutoff = retention_cutoff(config, conn)
-    deleted = purge(engine_for(config.database_url), cutoff, CLEANUP_BATCH, CLEANUP_SLICE_S)
+    thumbnails_cutoff = utcnow() - timedelta(days=config.thumbnail_retention_days)
+    deleted = purge(engine_for(config.database_url), cutoff, CLEANUP_BATCH, CLEANUP_SLICE_S, thumbnails_cutoff)
     log.info("retention: deleted %s (before %s)", deleted, cutoff.isoformat())
     if not deleted["finished"]:
         Queue(MAINTENANCE_QUEUE, connection=conn).enqueue(cleanup, **CLEANUP_JOB_OPTIONS)
