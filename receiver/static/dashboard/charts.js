@@ -49,8 +49,10 @@ function draw(id, series, data, y = {}) {
   charts.set(id, chart);
 }
 
-function line(label, stroke, dash) {
-  return {label, stroke, width: 2, dash, points: {show: false}, spanGaps: false};
+// A series drawn as a line; `dots` marks each value too (a value between two gaps would show no line).
+function line(label, stroke, dash, dots = false) {
+  return {label, stroke, width: 2, dash, points: dots ? {show: true, size: 5, fill: stroke} : {show: false},
+    spanGaps: false};
 }
 
 function times(answer) {
@@ -64,8 +66,8 @@ export function drawHours(answer) {
     [x, ...STATUSES.map((s) => answer.buckets.map((b) => b.tasks.byStatus[s]))]);
   const toResult = (p) => answer.buckets.map((b) => b.latency.submittedToResult[p]);
   draw("chart-latency", [
-    line("p50 submitted → result", color("accent")), line("p95", color("submitted")), line("p99", color("error")),
-    line("p99 received → stored", color("muted"), [4, 4]),
+    line("p50 submitted → result", color("accent"), null, true), line("p95", color("submitted"), null, true),
+    line("p99", color("error"), null, true), line("p99 received → stored", color("muted"), [4, 4], true),
   ], [x, toResult("p50"), toResult("p95"), toResult("p99"), answer.buckets.map((b) => b.latency.receivedToStored.p99)],
   {scale: {distr: 3, range: () => [answer.boundsSeconds[0], answer.boundsSeconds.at(-1)]},
     splits: () => answer.boundsSeconds, values: (u, ticks) => ticks.map(seconds)});
