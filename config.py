@@ -23,6 +23,11 @@ ROOT = Path(__file__).resolve().parent
 VAR_DIR = ROOT / "var"
 SECRETS_FILE = VAR_DIR / "secrets.env"
 TOKEN_SETTINGS = ("WEBHOOK_TOKENS", "READ_TOKENS", "SUBMIT_TOKENS")
+REDIS_TIMEOUT_S = 5.0
+"""Socket timeout of the service's Redis clients (workers/queues.py), but the RQ workers' blocking dequeue."""
+
+SENTINEL_PORT = 26379
+"""Port of a sentinel of REDIS_SENTINELS given without one."""
 
 
 class ConfigError(RuntimeError):
@@ -49,6 +54,29 @@ def signing_keys(value: str | None) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
+def sentinels(value: str | None) -> tuple[tuple[str, int], ...]:
+    """Parse REDIS_SENTINELS: comma-separated host:port (port SENTINEL_PORT when left out)."""
+    found = []
+    for item in _tokens(value):
+        host, _, port = item.rpartition(":") if ":" in item else (item, "", str(SENTINEL_PORT))
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"REDIS_SENTINELS: {item!r} is not host:port")
+        found.append((host.strip("[]"), int(port)))
+    return tuple(found)
+
+
+def _redis_settings(env: dict[str, str]) -> dict:
+    """REDIS_URL, or REDIS_SENTINELS with REDIS_SENTINEL_MASTER (never both); ConfigError says what is wrong."""
+    found, master = sentinels(env.get("REDIS_SENTINELS")), env.get("REDIS_SENTINEL_MASTER", "").strip()
+    if bool(found) != bool(master):
+        raise ConfigError("REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together: set both (Sentinel) or neither")
+    if found and env.get("REDIS_URL", "").strip():
+        raise ConfigError("set REDIS_URL (one Redis) or REDIS_SENTINELS and REDIS_SENTINEL_MASTER (Sentinel), not both")
+    if found:
+        return {"redis_sentinels": found, "redis_sentinel_master": master}
+    return {"redis_url": env.get("REDIS_URL") or Config.redis_url}
+
+
 def _read_env_file(path: Path) -> dict[str, str]:
     """Read KEY=VALUE lines (as written by the local launcher)."""
     if not path.exists():
@@ -73,6 +101,12 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8000
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis through Sentinel instead of REDIS_URL: the primary of this master name, as the sentinels say.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = ""
+    # Replicas that must confirm a delivery (Redis WAIT) before the intake answers 2xx; 0: the primary's word.
+    redis_min_replicas_ack: int = 0
+    redis_replica_ack_timeout_ms: int = 500
     database_url: str = f"sqlite:///{VAR_DIR / 'captions.db'}"
     webhook_tokens: tuple[str, ...] = ()
     read_tokens: tuple[str, ...] = ()
@@ -130,7 +164,8 @@ class Config:
             for key, value in _read_env_file(SECRETS_FILE).items():
                 env.setdefault(key, value)
 
-        required = [*TOKEN_SETTINGS, "REDIS_URL", "DATABASE_URL"] if production else list(TOKEN_SETTINGS)
+        redis_required = [] if env.get("REDIS_SENTINELS", "").strip() else ["REDIS_URL"]
+        required = [*TOKEN_SETTINGS, *redis_required, "DATABASE_URL"] if production else list(TOKEN_SETTINGS)
         missing = [key for key in required if not env.get(key, "").strip()]
         if missing:
             hint = "set them in the environment" if production else "run `make run` once, or set them"
@@ -141,13 +176,16 @@ class Config:
         if not low < high <= 100:
             raise ConfigError(f"INTAKE_LOW_WATER_PERCENT ({low}) must be below INTAKE_HIGH_WATER_PERCENT ({high}), "
                               "itself at most 100")
+        if numbers.get("redis_replica_ack_timeout_ms", cls.redis_replica_ack_timeout_ms) >= REDIS_TIMEOUT_S * 1000:
+            raise ConfigError(f"REDIS_REPLICA_ACK_TIMEOUT_MS must be below {REDIS_TIMEOUT_S * 1000:.0f}, "
+                              "the Redis client's socket timeout")
         host = env.get("HOST", cls.host)
         db_url = database_url(env.get("DATABASE_URL") or cls.database_url)
         numbers.setdefault("persist_concurrency", default_persist_concurrency(db_url))
         return cls(
             app_env=app_env,
             host=host,
-            redis_url=env.get("REDIS_URL") or cls.redis_url,
+            **_redis_settings(env),
             database_url=db_url,
             webhook_tokens=_tokens(env.get("WEBHOOK_TOKENS")),
             read_tokens=_tokens(env.get("READ_TOKENS")),
@@ -194,6 +232,9 @@ INTEGER_SETTINGS = {
                            "and it is answered 503 (well below gunicorn's 30 s worker timeout)"),
     "READ_CONCURRENCY": (0, "readers' requests in the database at once on this host, all api processes together "
                             "(0: no bound; default half the cores, at least 1)"),
+    "REDIS_MIN_REPLICAS_ACK": (0, "replicas that must confirm a delivery before it is answered 2xx, else 503 "
+                                  "(0: off)"),
+    "REDIS_REPLICA_ACK_TIMEOUT_MS": (1, "how long the intake waits for those confirmations"),
     "READ_QUEUE_MS": (0, "how long a reader's request waits for one of those before it is answered 503"),
 }
 """Integer settings: the smallest value each accepts, and what it means. The field is the name in lower case."""

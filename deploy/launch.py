@@ -2,7 +2,7 @@
 
 1. Development settings: APP_ENV=development unless set; the webhook, read and
    submit tokens are generated once into var/secrets.env (mode 0600) and reused.
-2. Redis: unless REDIS_URL is set, a private redis-server (deploy/redis.conf,
+2. Redis: unless REDIS_URL or REDIS_SENTINELS is set, a private redis-server (deploy/redis.conf,
    append-only file under var/redis/) on a free loopback port.
 3. Runware: unless RUNWARE_API_KEY is set, the local emulator stands in for it.
 4. Migrations: `python -m store upgrade`.
@@ -59,12 +59,13 @@ from pathlib import Path
 from honcho.environ import parse_procfile
 from honcho.manager import SIGNALS
 from honcho.manager import Manager
-from redis import Redis
 from rq import Queue
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import logs  # noqa: E402  (the project's log formats, as its processes will use them)
+from config import Config  # noqa: E402  (the project's settings, as its processes will read them)
+from workers.connection import connect  # noqa: E402
 from workers.queues import PERSIST_QUEUE  # noqa: E402
 
 DEPLOY = ROOT / "deploy"
@@ -308,8 +309,6 @@ def processes(env: dict[str, str]) -> dict[str, str]:
     if not (ROOT / "workers" / "schedule.py").exists() and not (ROOT / "workers" / "schedule").is_dir():
         print("launch: workers/schedule.py not found; running without the cron process", flush=True)
         procs.pop("cron", None)
-    from config import Config  # the project's settings, as its processes will read them
-
     for n in range(2, Config.from_env(env).persist_concurrency + 1):
         procs[f"persist{n}"] = procs["persist"]  # one worker per drain that may run at once
     if not env.get("RUNWARE_API_KEY"):
@@ -383,7 +382,7 @@ def caption_samples(env: dict[str, str], stopping: threading.Event, guard: Guard
 def wait_drained(env: dict[str, str], stopping: threading.Event) -> None:
     """Until no drain job is queued or running, at most DRAINED_MAX_S: a drain ends (and says what it stored)
     only after it has waited a while for more deliveries, well after the samples' captions are in the store."""
-    drains = Queue(PERSIST_QUEUE, connection=Redis.from_url(env["REDIS_URL"]))
+    drains = Queue(PERSIST_QUEUE, connection=connect(Config.from_env(env)))
     deadline = time.monotonic() + DRAINED_MAX_S
     try:
         while (drains.count or drains.started_job_registry.count) and time.monotonic() < deadline:
@@ -670,7 +669,7 @@ def main(argv: list[str]) -> int:
     with foreground():
         try:
             guard = Guard()
-            if not env.get("REDIS_URL"):
+            if not env.get("REDIS_URL") and not env.get("REDIS_SENTINELS"):
                 redis = start_redis(env)
                 guard.watch(redis.pid)
             migrate(env)

@@ -20,7 +20,7 @@ from config import Config
 from receiver.errors import register_database_error_handlers
 from receiver.errors import register_error_handlers
 from receiver.read_budget import ReadBudget
-from workers.queues import connect
+from workers.connection import connect
 
 KINDS = ("intake", "api")
 """Process kinds, each with its own app and gunicorn (deploy/gunicorn.conf.py, APP_KIND)."""
@@ -34,7 +34,7 @@ def create_app(config: Config | None = None, kind: str = "api") -> Flask:
     app = Flask(__name__)
     app.config.update(SERVICE=config, APP_KIND=kind, MAX_CONTENT_LENGTH=config.max_body_bytes,
                       JSON_SORT_KEYS=False)
-    app.extensions["redis"] = connect(config.redis_url)
+    app.extensions["redis"] = connect(config)
     register_error_handlers(app)
     if kind == "intake":
         register_intake(app)

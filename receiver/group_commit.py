@@ -13,8 +13,11 @@ No request waits for a group to fill: a lone request is sent at once, alone, so
 it is not slowed, and a request waits at most for the round trip before its own.
 Each request is answered from its own entry's reply: 2xx only once Redis has
 confirmed that entry (and so written it to its append-only file), 503 when Redis
-refused that entry or did not answer. Under a `sync` worker each group is one
-request, the round trip of `workers.queues.queue_delivery`.
+refused that entry or did not answer. With REDIS_MIN_REPLICAS_ACK the round
+trip ends with Redis's WAIT, so a group's entries are confirmed once they reached
+that many replicas, or refused (ReplicasBehind) when fewer confirmed in time.
+Under a `sync` worker each group is one request, the round trip of
+`workers.queues.queue_delivery`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import redis
 from flask import current_app
 
 from receiver.state import redis_client
+from receiver.state import settings
 from workers.queues import add_deliveries
 
 
@@ -40,8 +44,9 @@ class Pending:
 class GroupCommit:
     """One web process's queue of entries waiting for Redis, and the round trip under way."""
 
-    def __init__(self, conn: redis.Redis):
+    def __init__(self, conn: redis.Redis, replicas: int = 0, replica_timeout_ms: int = 0):
         self.conn = conn
+        self.replicas, self.replica_timeout_ms = replicas, replica_timeout_ms
         self.changed = threading.Condition()
         self.waiting: list[Pending] = []
         self.sending = False
@@ -68,7 +73,7 @@ class GroupCommit:
         """One round trip for `group`; then every request waiting wakes, to its reply or to lead."""
         replies: list = []
         try:
-            replies = add_deliveries(self.conn, [p.fields for p in group])
+            replies = add_deliveries(self.conn, [p.fields for p in group], self.replicas, self.replica_timeout_ms)
         except Exception as exc:  # each request of the group answers for it (503, or a 500 for a bug)
             replies = [exc] * len(group)
         finally:
@@ -83,5 +88,7 @@ def group_commit() -> GroupCommit:
     """This process's group commit, made on first use (after gunicorn's fork: one per worker)."""
     found = current_app.extensions.get("group_commit")
     if found is None:
-        found = current_app.extensions["group_commit"] = GroupCommit(redis_client())
+        config = settings()
+        found = current_app.extensions["group_commit"] = GroupCommit(
+            redis_client(), config.redis_min_replicas_ack, config.redis_replica_ack_timeout_ms)
     return found

@@ -12,7 +12,7 @@ from prometheus_client import Counter
 from prometheus_client import Histogram
 
 OUTCOMES = ("accepted", "unauthorized", "bad_signature", "unsupported_media_type", "too_large", "bad_json",
-            "unprocessable", "redis_unavailable", "backpressure")
+            "unprocessable", "redis_unavailable", "replicas_behind", "backpressure")
 """Values of the `outcome` label of captions_webhook_requests_total."""
 
 WEBHOOK_REQUESTS = Counter("captions_webhook_requests", "Webhook POSTs by outcome (accepted, or why rejected)",

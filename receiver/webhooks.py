@@ -8,9 +8,10 @@ breaking the label rules is answered 422 naming the label, and nothing is queued
 Nothing slow happens here: the body is parsed once to validate it and added,
 as received, to a Redis stream, in a round trip shared with the requests the
 process serves at the same time (receiver/group_commit.py); a drain job persists
-it later. 2xx means the delivery is in Redis. When Redis cannot take it, or
-holds as much as it should (receiver/backpressure.py), the answer is 503 with
-Retry-After, so the sender retries.
+it later. 2xx means the delivery is in Redis (with REDIS_MIN_REPLICAS_ACK: on that
+many replicas too). When Redis cannot take it, holds as much as it should
+(receiver/backpressure.py), or too few replicas confirmed it in time, the answer
+is 503 with Retry-After, so the sender retries.
 
 With WEBHOOK_SIGNING_SECRETS set, a delivery also needs a valid Standard Webhooks
 signature (receiver/signatures.py), checked after the URL token. Each request
@@ -48,6 +49,7 @@ from receiver.openapi import operation
 from receiver.state import settings
 from store.schema import utcnow
 from workers import payloads
+from workers.queues import ReplicasBehind
 from workers.queues import delivery_fields
 
 log = logging.getLogger(__name__)
@@ -137,9 +139,11 @@ def receive():
     except redis.RedisError as exc:
         if isinstance(exc, redis.OutOfMemoryError):
             gate.refused()
-        log.error("webhook not queued, Redis unavailable: %s", type(exc).__name__,
-                  extra={"task_uuids": [r.task_uuid for r in results[:100]]})
-        return reject("redis_unavailable", 503, "temporarily unable to queue the delivery; retry later",
+        behind = isinstance(exc, ReplicasBehind)
+        log.error("webhook not queued, %s: %s", "replicas behind" if behind else "Redis unavailable",
+                  exc if behind else type(exc).__name__, extra={"task_uuids": [r.task_uuid for r in results[:100]]})
+        return reject("replicas_behind" if behind else "redis_unavailable", 503,
+                      "temporarily unable to queue the delivery; retry later",
                       headers={"Retry-After": str(gate.retry_after())})
     metrics.enqueued(time.perf_counter() - started)
     body = orjson.dumps({"status": "queued", "delivery": delivery, "items": len(results),

@@ -64,3 +64,26 @@ def test_drains_at_once_follow_the_database_unless_set(database, setting, drains
 def test_bad_values_are_named(env, fragment):
     with pytest.raises(ConfigError, match=fragment):
         Config.from_env(env)
+
+
+def test_production_through_sentinel_needs_no_redis_url():
+    env = {**SECRETS, "DATABASE_URL": "postgres://u@db/captions", "REDIS_SENTINEL_MASTER": "captions",
+           "REDIS_SENTINELS": "10.0.0.1:26379, sentinel-b:26380,sentinel-c", "REDIS_MIN_REPLICAS_ACK": "1"}
+    config = Config.from_env(env)
+    assert config.redis_sentinels == (("10.0.0.1", 26379), ("sentinel-b", 26380), ("sentinel-c", 26379))
+    assert config.redis_sentinel_master == "captions"
+    assert (config.redis_min_replicas_ack, config.redis_replica_ack_timeout_ms) == (1, 500)
+
+
+@pytest.mark.parametrize("redis, fragment", [
+    ({"REDIS_SENTINELS": "s1:26379"}, "REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together"),
+    ({"REDIS_SENTINEL_MASTER": "captions"}, "REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together"),
+    ({"REDIS_SENTINELS": "s1:port", "REDIS_SENTINEL_MASTER": "captions"}, "'s1:port' is not host:port"),
+    ({"REDIS_SENTINELS": "s1:70000", "REDIS_SENTINEL_MASTER": "captions"}, "'s1:70000' is not host:port"),
+    ({"REDIS_SENTINELS": "s1", "REDIS_SENTINEL_MASTER": "captions", "REDIS_URL": "redis://r"}, "not both"),
+    ({"REDIS_MIN_REPLICAS_ACK": "-1"}, "REDIS_MIN_REPLICAS_ACK must be at least 0"),
+    ({"REDIS_REPLICA_ACK_TIMEOUT_MS": "5000"}, "below 5000, the Redis client's socket timeout"),
+])
+def test_bad_redis_settings_are_named(redis, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        Config.from_env({"APP_ENV": "development", **SECRETS, **redis})

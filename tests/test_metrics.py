@@ -74,7 +74,7 @@ def test_each_webhook_outcome_is_counted(client, config):
     after = {name: outcome(name) for name in intake_metrics.OUTCOMES}
     delta = {name: after[name] - before[name] for name in intake_metrics.OUTCOMES}
     assert delta == {"accepted": 1, "unauthorized": 1, "bad_signature": 0, "unsupported_media_type": 1,
-                     "too_large": 1, "bad_json": 1, "unprocessable": 1, "redis_unavailable": 0,
+                     "too_large": 1, "bad_json": 1, "unprocessable": 1, "redis_unavailable": 0, "replicas_behind": 0,
                      "backpressure": 0}
     assert REGISTRY.get_sample_value("captions_enqueue_seconds_count") == enqueue_count + 1
 

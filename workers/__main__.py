@@ -27,10 +27,10 @@ import workers.reconcile  # noqa: F401
 import workers.submit  # noqa: F401
 from config import Config
 from config import ConfigError
+from workers.connection import connect
 from workers.queues import MAINTENANCE_QUEUE
 from workers.queues import PERSIST_QUEUE
 from workers.queues import SUBMIT_QUEUE
-from workers.queues import connect
 
 QUEUES = (PERSIST_QUEUE, SUBMIT_QUEUE, MAINTENANCE_QUEUE)
 REDIS_RETRY_S = 1
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
     else:
         logging.getLogger(__name__).warning("PROMETHEUS_MULTIPROC_DIR is not set: worker metrics are not exported")
-    conn = connect(config.redis_url, timeout=None)
+    conn = connect(config, timeout=None)
     if args.queue == "cron":
         from workers.maintenance import run_cron
 

@@ -43,12 +43,12 @@ from store.schema import deliveries
 from store.schema import task_events
 from store.schema import thumbnails
 from store.schema import utcnow
+from workers.connection import connect
 from workers.persist import _is_outage as is_outage
 from workers.persist import ensure_group
 from workers.queues import DELIVERY_GROUP
 from workers.queues import DELIVERY_STREAM
 from workers.queues import MAINTENANCE_QUEUE
-from workers.queues import connect
 from workers.queues import enqueue_drain
 from workers.queues import want_drain
 
@@ -115,7 +115,7 @@ def sweep_stream(conn: redis.Redis, stale_after_ms: int) -> str:
 def sweep() -> str:
     """RQ job: see `sweep_stream`."""
     config = Config.from_env()
-    outcome = sweep_stream(connect(config.redis_url), config.persist_stale_after_ms)
+    outcome = sweep_stream(connect(config), config.persist_stale_after_ms)
     if outcome == "rescued":
         log.warning("sweep: deliveries abandoned by a dead drain; enqueued a new drain")
     return outcome
@@ -224,7 +224,7 @@ def cleanup() -> dict:
     harmless: they delete old rows only, and both end when none is left.
     """
     config = Config.from_env()
-    conn = connect(config.redis_url)
+    conn = connect(config)
     cutoff = retention_cutoff(config, conn)
     thumbnails_cutoff = utcnow() - timedelta(days=config.thumbnail_retention_days)
     deleted = purge(engine_for(config.database_url), cutoff, CLEANUP_BATCH, CLEANUP_SLICE_S, thumbnails_cutoff)

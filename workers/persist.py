@@ -51,10 +51,10 @@ from store.schema import dead_letters
 from store.schema import utcnow
 from workers import metrics
 from workers import payloads
+from workers.connection import connect
 from workers.queues import DELIVERY_GROUP
 from workers.queues import DELIVERY_STREAM
 from workers.queues import DRAIN_FLAG_TTL
-from workers.queues import connect
 from workers.queues import drain_flag
 from workers.queues import enqueue_drain
 
@@ -308,7 +308,7 @@ def drain_in_process(config: Config, hand_over_after: float = HAND_OVER_AFTER_S)
     """Drain in the calling process, outside RQ: what the persist worker does while Redis
     refuses RQ's own writes. It takes the spare slot (`PERSIST_CONCURRENCY`, one past the
     joiners), so it runs beside the RQ drains, wakes none, and stops when idle or due."""
-    drainer = Drainer(connect(config.redis_url), engine_for(config.database_url), config.persist_batch_size,
+    drainer = Drainer(connect(config), engine_for(config.database_url), config.persist_batch_size,
                       config.persist_stale_after_ms, config.persist_concurrency, config.persist_concurrency)
     try:
         return drainer.run(hand_over_after)
@@ -319,7 +319,7 @@ def drain_in_process(config: Config, hand_over_after: float = HAND_OVER_AFTER_S)
 def drain(hand_over_after: float = HAND_OVER_AFTER_S, slot: int = 0) -> int:
     """RQ job: persist queued deliveries in batches. Returns how many deliveries were stored."""
     config = Config.from_env()
-    drainer = Drainer(connect(config.redis_url), engine_for(config.database_url), config.persist_batch_size,
+    drainer = Drainer(connect(config), engine_for(config.database_url), config.persist_batch_size,
                       config.persist_stale_after_ms, slot, config.persist_concurrency)
     stored = drainer.run(hand_over_after)
     log.info("drain stored %d deliveries", stored, extra={"stored": stored})

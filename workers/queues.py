@@ -39,12 +39,8 @@ DRAIN_JOB_TIMEOUT = 600
 """Seconds RQ lets one drain job run (it hands over well before, see workers.persist)."""
 
 
-def connect(url: str, timeout: float | None = 5.0) -> redis.Redis:
-    """A Redis client with short timeouts, so an outage turns into a quick 503, not a hang.
-
-    RQ's worker blocks on the queue for minutes: give it `timeout=None`.
-    """
-    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=2, health_check_interval=30)
+class ReplicasBehind(redis.RedisError):
+    """Fewer replicas than REDIS_MIN_REPLICAS_ACK confirmed an entry in time: it may be on the primary alone."""
 
 
 def drain_flag(slot: int = 0) -> str:
@@ -84,13 +80,16 @@ def delivery_fields(body: bytes, remote_addr: str | None, received_at: datetime,
     return fields
 
 
-def add_deliveries(conn: redis.Redis, entries: list[dict]) -> list[str | redis.RedisError]:
+def add_deliveries(conn: redis.Redis, entries: list[dict], replicas: int = 0,
+                   replica_timeout_ms: int = 0) -> list[str | redis.RedisError]:
     """XADD each entry to the stream, then set the "drain wanted" flag, in one round trip.
 
     With `appendfsync always` Redis replies once the whole round trip is in its
-    append-only file: one fsync for every entry. Returns, per entry, its id or
-    the error Redis gave for it. Raises redis.RedisError when Redis does not
-    answer, or refuses the flag; then no entry may be answered 2xx.
+    append-only file: one fsync for every entry. With `replicas`, the round trip
+    ends with `WAIT replicas replica_timeout_ms`, and entries fewer replicas
+    confirmed get ReplicasBehind. Returns, per entry, its id or the error Redis
+    gave for it. Raises redis.RedisError when Redis does not answer, or refuses
+    the flag; then no entry may be answered 2xx.
     """
     # No MULTI needed: a drain clears the flag and then reads once more, so an entry
     # added on either side of that clear is seen by it or by the drain this call enqueues.
@@ -98,11 +97,18 @@ def add_deliveries(conn: redis.Redis, entries: list[dict]) -> list[str | redis.R
     for fields in entries:
         pipe.xadd(DELIVERY_STREAM, fields)
     pipe.set(DRAIN_FLAG, 1, nx=True, ex=DRAIN_FLAG_TTL)
-    *replies, flagged = pipe.execute(raise_on_error=False)
+    if replicas:
+        pipe.wait(replicas, replica_timeout_ms)
+    results = pipe.execute(raise_on_error=False)
+    acked = results.pop() if replicas else None
+    *replies, flagged = results
     if isinstance(flagged, redis.RedisError):
         raise flagged
     if flagged:
         enqueue_drain(conn)
+    if replicas and (isinstance(acked, redis.RedisError) or acked < replicas):
+        behind = ReplicasBehind(f"{acked} of {replicas} replicas confirmed within {replica_timeout_ms} ms")
+        replies = [r if isinstance(r, redis.RedisError) else behind for r in replies]
     return [r if isinstance(r, redis.RedisError) else r.decode() for r in replies]
 
 

@@ -55,8 +55,8 @@ from store.results import record_events
 from store.schema import FINAL_STATUSES
 from store.schema import utcnow
 from workers import payloads
+from workers.connection import connect
 from workers.queues import MAINTENANCE_QUEUE
-from workers.queues import connect
 from workers.runware import RunwareClient
 from workers.runware import RunwareError
 from workers.runware import backoff
@@ -226,7 +226,7 @@ def enqueue_next_slice(conn: redis.Redis) -> None:
 def reconcile(now: datetime | None = None, next_slice: bool = False) -> dict:
     """RQ job: one slice (poll overdue tasks, fail those past the deadline, keep submission going)."""
     config = Config.from_env()
-    conn = connect(config.redis_url)
+    conn = connect(config)
     if next_slice:
         conn.delete(NEXT_SLICE_FLAG)  # from now on, a slice that stops at its bound enqueues another
     engine = engine_for(config.database_url)

@@ -52,8 +52,8 @@ from store.results import apply_results
 from store.results import record_events
 from store.schema import utcnow
 from workers import payloads
+from workers.connection import connect
 from workers.queues import SUBMIT_QUEUE
-from workers.queues import connect
 from workers.runware import CONFLICT_CODE
 from workers.runware import DEFAULT_TIMEOUT
 from workers.runware import RunwareAnswer
@@ -263,7 +263,7 @@ class Submitter:
 def submit_queued(batch_size: int | None = None, hand_over_after: float = HAND_OVER_AFTER_S) -> dict:
     """RQ job: send the queued tasks, `batch_size` (default SUBMIT_BATCH_SIZE) per Runware request."""
     config = Config.from_env()
-    conn = connect(config.redis_url)
+    conn = connect(config)
     conn.delete(SUBMIT_FLAG)  # tasks stored from now on enqueue a new job
     submitter = Submitter(engine_for(config.database_url), RunwareClient.from_config(config), config)
     try:
