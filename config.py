@@ -24,7 +24,8 @@ VAR_DIR = ROOT / "var"
 SECRETS_FILE = VAR_DIR / "secrets.env"
 TOKEN_SETTINGS = ("WEBHOOK_TOKENS", "READ_TOKENS", "SUBMIT_TOKENS")
 REDIS_TIMEOUT_S = 5.0
-"""Socket timeout of the service's Redis clients (workers/queues.py), but the RQ workers' blocking dequeue."""
+"""Socket timeout of the service's Redis clients (workers/connection.py), all but the RQ workers' (whose
+dequeue blocks for minutes)."""
 
 SENTINEL_PORT = 26379
 """Port of a sentinel of REDIS_SENTINELS given without one."""
