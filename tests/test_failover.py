@@ -84,10 +84,14 @@ def test_a_worker_through_sentinel_stops_at_once_when_idle(cluster, sqlite_url, 
 
 
 @pytest.mark.parametrize("replicas_ack", [1, 0])
-def test_primary_killed_under_load_fails_over(cluster, replicas_ack, sqlite_url, tmp_path, monkeypatch):
+def test_primary_killed_under_load_fails_over(cluster, replicas_ack, sqlite_url, tmp_path, monkeypatch, request):
     env = through_sentinel(cluster, sqlite_url, monkeypatch, REDIS_MIN_REPLICAS_ACK=str(replicas_ack))
-    web = Gunicorn(env, workers=2, kind="intake").start()
-    workers = Workers(env, tmp_path).start()
+    web = Gunicorn(env, workers=2, kind="intake")
+    request.addfinalizer(web.stop)
+    web.start()
+    workers = Workers(env, tmp_path)
+    request.addfinalizer(workers.stop)
+    workers.start()
     sender = Sender(web.url).start()
     try:
         wait_for(lambda: len(sender.acked) >= ACKED_BEFORE, timeout=30, what="webhooks acknowledged")
@@ -125,5 +129,3 @@ def test_primary_killed_under_load_fails_over(cluster, replicas_ack, sqlite_url,
     finally:
         conn.close()
         engine.dispose()
-        workers.stop()
-        web.stop()
