@@ -127,9 +127,24 @@ def _label_merge_statement(dialect: str) -> sa.Insert:
 def merge_labels(conn: sa.Connection, labels: Iterable[Label]) -> int:
     """Merge labels into `task_labels` (after their tasks' rows, in the same transaction). Returns rows written."""
     rows = sorted(_reduce_labels(labels), key=lambda row: (row["task_uuid"], row["key"]))  # one lock order for all
-    if rows:
-        conn.execute(_label_merge_statement(conn.dialect.name), rows)
+    insert_rows(conn, _label_merge_statement(conn.dialect.name), rows)
     return len(rows)
+
+
+STATEMENT_ROWS = 1000
+"""Rows per multi-row INSERT on PostgreSQL (`insert_rows`)."""
+
+
+def insert_rows(conn: sa.Connection, stmt: sa.Insert, rows: list[dict]) -> None:
+    """INSERT rows: on PostgreSQL in multi-row statements, since an `executemany` runs one statement per row and
+    the aggregates' statement triggers (revisions 0004, 0008) would fire once per row; on SQLite an `executemany`
+    (its row triggers fire per row anyway)."""
+    if conn.dialect.name != "postgresql":
+        if rows:
+            conn.execute(stmt, rows)
+        return
+    for first in range(0, len(rows), STATEMENT_ROWS):
+        conn.execute(stmt.values(rows[first:first + STATEMENT_ROWS]))
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import sqlalchemy as sa
 
 from store import thumbnails
 from store.results import Label
+from store.results import insert_rows
 from store.results import merge_labels
 from store.schema import FINAL_STATUSES
 from store.schema import task_labels
@@ -96,7 +97,7 @@ def queue_tasks(conn: sa.Connection, new: Iterable[NewTask]) -> int:
         for t in new
     ]
     if rows:
-        conn.execute(tasks.insert(), rows)
+        insert_rows(conn, tasks.insert(), rows)
         merge_labels(conn, (Label(t.task_uuid, key, value, now) for t in new for key, value in t.labels.items()))
         thumbnails.save(conn, ((t.task_uuid, t.input_ref) for t in new), now)
     return len(rows)

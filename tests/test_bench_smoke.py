@@ -130,3 +130,16 @@ def test_readers_benchmark_measures_every_query_and_the_webhooks_with_readers(tm
     markdown = (out / "readers-results.md").read_text()
     assert markdown.startswith("# Readers at scale") and "## Targets" in markdown
     assert tempfile.gettempdir() not in json.dumps(data), "results name no path of the machine they ran on"
+
+
+def test_seeding_benchmark_reports_each_run_and_keeps_earlier_ones(tmp_path):
+    out = tmp_path / "seeding"
+    for _ in range(2):
+        run = subprocess.run([sys.executable, "-m", "bench.seeding", "--tasks", "300", "--stores", "sqlite",
+                              "--commit", "abc1234", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    assert [(r["commit"], r["store"], r["tasks"]) for r in runs] == [("abc1234", "sqlite", 300)] * 2
+    assert all(r["deliveries"] > 1.5 * 300 and r["tasks_per_s"] > 0 for r in runs)
+    assert out.with_suffix(".md").read_text().count("| abc1234 | sqlite | 300 |") == 2
