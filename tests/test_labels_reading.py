@@ -358,7 +358,9 @@ def test_a_rare_label_is_looked_up_by_task_not_walked_for(tmp_path):
     with engine.connect() as conn:
         page, _ = list_tasks(conn, labels={"projectId": "proj_02"}, statuses=("success",),
                              after=(START + timedelta(days=9), "f"), limit=2)
-        statement, parameters = read[-2]  # the page (then its labels)
+        # the page: the statement that reads the tasks' rows (before it, the label's size and tasks; after it,
+        # what the rows carry: their labels and thumbnails)
+        statement, parameters = next((s, p) for s, p in read if s.startswith("SELECT tasks.task_uuid,"))
         sa.event.remove(engine, "before_cursor_execute", log)
     assert len(page) == 2
     with engine.connect() as conn:
