@@ -261,3 +261,43 @@ def test_the_migration_builds_the_aggregates_of_an_existing_store(database_url):
                               Window(START.replace(hour=0) + timedelta(days=1), START + timedelta(days=2))])
     finally:
         engine.dispose()
+
+
+def write_latencies_under_their_bounds(engine: sa.Engine) -> None:
+    """A task whose latency is 0.9996 s (its result at a fraction of a millisecond before a whole second: SQLite's
+    date functions round such a time up to the next second), and its delivery stored 2.4996 s after receipt."""
+    submitted = START + timedelta(minutes=10)
+    at = submitted + timedelta(seconds=1, microseconds=-400)
+    apply(engine, ("submit", {6}, MODELS[1], submitted), 0)
+    apply(engine, ("webhooks", [(at, [result(6, "success", at, Decimal("0.1"), MODELS[1], 0)], False)]), 1)
+    with engine.begin() as conn:
+        for delivery_id, received_at in conn.execute(sa.select(deliveries.c.id, deliveries.c.received_at)).all():
+            conn.execute(deliveries.update().where(deliveries.c.id == delivery_id)
+                         .values(stored_at=received_at + timedelta(seconds=2.5, microseconds=-400)))
+
+
+def assert_latencies_under_their_bounds(engine: sa.Engine) -> None:
+    figures = from_aggregates(engine, Window())
+    within = {bound: n for n, bound in enumerate(LATENCY_BOUNDS)}
+    assert figures["latency"][within[1]] == 1 and sum(figures["latency"]) == 1, figures["latency"]
+    assert figures["stored_latency"][within[2.5]] == sum(figures["stored_latency"]) == 1, figures["stored_latency"]
+    assert_exact(engine, [Window(), Window(START, START + timedelta(days=2))])
+
+
+def test_a_latency_a_fraction_of_a_millisecond_under_a_bound_stays_in_its_bucket(engine):
+    write_latencies_under_their_bounds(engine)
+    assert_latencies_under_their_bounds(engine)
+
+
+def test_the_migration_corrects_the_latency_histograms_of_an_existing_store(database_url):
+    """Written under revision 0012's triggers (on SQLite a second too long), corrected by the upgrade to the head."""
+    engine = sa.create_engine(database_url)
+    try:
+        downgrade(database_url, "0012")
+        try:
+            write_latencies_under_their_bounds(engine)
+        finally:
+            upgrade(database_url)
+        assert_latencies_under_their_bounds(engine)
+    finally:
+        engine.dispose()
