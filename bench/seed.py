@@ -110,6 +110,10 @@ MODELS = ("runware:150@2", "runware:151@1", "runware:152@1", "florence-2-large")
 SEED_CACHE_MIB = 2048
 """SQLite page cache while seeding: the indexes of a store of millions stay in memory."""
 
+ANALYZE_GROWTH = 1.5
+"""PostgreSQL: ANALYZE each time the store has grown this many times since the last (autovacuum's analyze, which a
+server may run without, would do it sooner: otherwise the triggers' joins are planned for a store of a few rows)."""
+
 PROGRESS_EVERY_S = 5.0
 """Seconds between two progress lines while seeding."""
 
@@ -289,7 +293,7 @@ def write(url: str, n: int, progress) -> tuple[int, float, datetime]:
     ended_at = datetime.now(UTC).replace(microsecond=0)
     generator = Generator(n, ended_at)
     engine = create_engine(url, sqlite_cache_mib=SEED_CACHE_MIB)
-    written, started, shown = 0, time.monotonic(), time.monotonic()
+    written, started, shown, analyzed = 0, time.monotonic(), time.monotonic(), 0
     try:
         with store_clock() as clock:
             for first in range(0, n, CHUNK_TASKS):
@@ -302,6 +306,11 @@ def write(url: str, n: int, progress) -> tuple[int, float, datetime]:
                     with engine.begin() as conn:
                         save_deliveries(conn, part)
                 written += len(batch)
+                if engine.dialect.name == "postgresql" and first + CHUNK_TASKS >= analyzed * ANALYZE_GROWTH:
+                    analyzed = first + CHUNK_TASKS
+                    with engine.connect() as conn:
+                        conn.execute(sa.text("ANALYZE"))
+                        conn.commit()
                 if time.monotonic() - shown >= PROGRESS_EVERY_S or first + CHUNK_TASKS >= n:
                     shown, elapsed = time.monotonic(), time.monotonic() - started
                     done = min(first + CHUNK_TASKS, n)
