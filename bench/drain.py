@@ -35,16 +35,16 @@ from decimal import Decimal
 from bench.common import ROOT
 from bench.common import BenchError
 from bench.common import Context
-from bench.common import PostgresUnavailable
-from bench.common import children
-from bench.common import count_rows
-from bench.common import make_deliveries
-from bench.common import postgres_database
-from bench.common import prefill
-from bench.common import redis_server
-from bench.common import rss_kib
-from bench.common import sqlite_database
-from bench.common import stop_process
+from bench.procfs import children
+from bench.procfs import rss_kib
+from bench.servers import redis_server
+from bench.servers import stop_process
+from bench.stores import PostgresUnavailable
+from bench.stores import count_rows
+from bench.stores import postgres_database
+from bench.stores import sqlite_database
+from bench.traffic import make_deliveries
+from bench.traffic import prefill
 
 RAW_CHUNK = 1000
 """Rows per `executemany` (and per commit) in the raw baseline, as the drain's default batch."""

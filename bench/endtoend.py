@@ -28,13 +28,13 @@ from bench.common import ROOT
 from bench.common import WEBHOOK_PATH
 from bench.common import BenchError
 from bench.common import Context
-from bench.common import gunicorn
 from bench.common import percentile
-from bench.common import redis_server
-from bench.common import run_wrk
-from bench.common import sqlite_database
-from bench.common import stop_process
 from bench.common import wait_until
+from bench.servers import gunicorn
+from bench.servers import redis_server
+from bench.servers import stop_process
+from bench.stores import sqlite_database
+from bench.traffic import run_wrk
 
 RATE_REACHED = 0.95
 """A level whose achieved rate is below this share of its target did not load the service as asked:

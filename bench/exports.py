@@ -35,13 +35,13 @@ import sqlalchemy as sa
 
 from bench.common import BENCH
 from bench.common import Context
-from bench.common import PostgresUnavailable
 from bench.common import Progress
-from bench.common import gunicorn
-from bench.common import postgres_database
-from bench.common import redis_server
-from bench.common import rss_kib
-from bench.common import sqlite_database
+from bench.procfs import rss_kib
+from bench.servers import gunicorn
+from bench.servers import redis_server
+from bench.stores import PostgresUnavailable
+from bench.stores import postgres_database
+from bench.stores import sqlite_database
 
 SEED_BATCH = 10_000
 """Tasks per seeding transaction."""

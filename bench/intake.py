@@ -31,17 +31,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import CLOCK_TICKS
 from bench.common import WEBHOOK_PATH
 from bench.common import Context
 from bench.common import Progress
-from bench.common import cpu_seconds
-from bench.common import gunicorn
-from bench.common import redis_server
-from bench.common import rss_kib
-from bench.common import run_wrk
-from bench.common import sqlite_database
-from bench.common import tree_cpu_seconds
+from bench.procfs import CLOCK_TICKS
+from bench.procfs import cpu_seconds
+from bench.procfs import rss_kib
+from bench.procfs import tree_cpu_seconds
+from bench.servers import gunicorn
+from bench.servers import redis_server
+from bench.stores import sqlite_database
+from bench.traffic import run_wrk
 
 SIZES = {"intake_seconds": 15, "intake_warmup": 3, "wrk_threads": 2, "wrk_connections": 32, "web_workers": None,
          "intake_rounds": 3}

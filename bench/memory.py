@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from bench.common import WEBHOOK_PATH
 from bench.common import Context
-from bench.common import gunicorn
-from bench.common import make_deliveries
-from bench.common import prefill
-from bench.common import redis_server
-from bench.common import rss_kib
-from bench.common import run_wrk
-from bench.common import sqlite_database
+from bench.procfs import rss_kib
+from bench.servers import gunicorn
+from bench.servers import redis_server
+from bench.stores import sqlite_database
+from bench.traffic import make_deliveries
+from bench.traffic import prefill
+from bench.traffic import run_wrk
 
 
 def _mib(kib: int | None) -> float | None:

@@ -43,15 +43,15 @@ from bench.common import BENCH
 from bench.common import ROOT
 from bench.common import BenchError
 from bench.common import Context
-from bench.common import Gunicorn
-from bench.common import PostgresUnavailable
 from bench.common import Progress
-from bench.common import RedisServer
 from bench.common import percentile
 from bench.readers_load import next_cursor
 from bench.readers_load import request
 from bench.readers_load import webhook_latency
 from bench.readers_report import NO_PAGE
+from bench.servers import Gunicorn
+from bench.servers import RedisServer
+from bench.stores import PostgresUnavailable
 from config import Config
 
 SMALL_TASKS = 10_000

@@ -21,7 +21,7 @@ from bench.common import CAPTIONS
 from bench.common import WEBHOOK_PATH
 from bench.common import BenchError
 from bench.common import percentile
-from bench.common import webhook_body
+from bench.traffic import webhook_body
 
 SENDER_THREADS = 64
 """Connections the webhook sender keeps busy at most; a slot waits for a free one (the lag is reported)."""

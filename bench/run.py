@@ -29,7 +29,7 @@ from bench.common import BENCH
 from bench.common import ROOT
 from bench.common import Context
 from bench.common import Progress
-from bench.common import wrk_version
+from bench.traffic import wrk_version
 
 PHASES = ("intake", "drain", "endtoend", "submit", "memory")
 ALIASES = {"e2e": "endtoend", "submission": "submit", "mem": "memory"}

@@ -55,7 +55,7 @@ import sqlalchemy as sa
 
 from bench.common import ROOT
 from bench.common import BenchError
-from bench.common import PostgresUnavailable
+from bench.stores import PostgresUnavailable
 from store.db import create_engine
 from store.results import Delivery
 from store.results import Result

@@ -24,8 +24,8 @@ from pathlib import Path
 from bench import seed
 from bench.common import ROOT
 from bench.common import Progress
-from bench.common import postgres_database
-from bench.common import sqlite_database
+from bench.stores import postgres_database
+from bench.stores import sqlite_database
 
 
 def commit() -> str:

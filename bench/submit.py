@@ -32,9 +32,9 @@ from PIL import Image
 
 from bench.common import ROOT
 from bench.common import free_port
-from bench.common import sqlite_database
-from bench.common import stop_process
 from bench.common import wait_until
+from bench.servers import stop_process
+from bench.stores import sqlite_database
 from config import Config
 from store.schema import tasks
 from store.submissions import NewTask

@@ -16,13 +16,14 @@ from flask import Flask
 from rq import Queue
 from rq import Worker
 
-# The process helpers are shared with the benchmarks (bench/common.py); here they fail a test with AssertionError.
-from bench import common
-from bench.common import alive  # noqa: F401  (for the tests)
-from bench.common import children  # noqa: F401  (for tests/test_crash.py)
+# The process helpers are shared with the benchmarks (bench/servers.py, bench/procfs.py);
+# here they fail a test with AssertionError.
+from bench import servers
 from bench.common import free_port
-from bench.common import wait_for_redis
 from bench.common import wait_until
+from bench.procfs import alive  # noqa: F401  (for the tests)
+from bench.procfs import children  # noqa: F401  (for tests/test_crash.py)
+from bench.servers import wait_for_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,7 +90,7 @@ APP_NAMES = {"intake": "wsgi:intake", "api": "wsgi:app"}
 """The WSGI app each kind of gunicorn serves (wsgi.py)."""
 
 
-class Gunicorn(common.Gunicorn):
+class Gunicorn(servers.Gunicorn):
     """gunicorn serving the `kind` app (intake or api) with the project's config and `workers` workers.
 
     Its logs are captured to a file.
@@ -150,7 +151,7 @@ cron.register(sweep, "persist", interval=1, result_ttl=0, ttl=30)
 """A schedule file for `Service.cron`: the drain sweep as workers/schedule.py registers it, every second here."""
 
 
-class Service(common.Service):
+class Service(servers.Service):
     """A long-running project process (`python -m workers persist`, `python -m workers cron`) in a session of its own.
 
     Its output goes to a file; `kill()` is kill -9 of the process and everything

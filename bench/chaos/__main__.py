@@ -30,11 +30,11 @@ from bench.chaos.stack import SERVICE_SETTINGS
 from bench.chaos.stack import Stack
 from bench.common import ROOT
 from bench.common import BenchError
-from bench.common import PostgresUnavailable
 from bench.common import Progress
-from bench.common import postgres_database
-from bench.common import sqlite_database
 from bench.common import wait_until
+from bench.stores import PostgresUnavailable
+from bench.stores import postgres_database
+from bench.stores import sqlite_database
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -17,7 +17,7 @@ import requests
 
 from bench.chaos.ledger import Ledger
 from bench.chaos.stack import Stack
-from bench.common import children
+from bench.procfs import children
 
 WEBHOOK = "/webhooks/runware"
 KILL_WEIGHTS = {"persist-horse": 3, "persist-worker": 2, "submit-worker": 2, "gunicorn-worker": 3, "cron": 1,

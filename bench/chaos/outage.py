@@ -43,13 +43,14 @@ import requests
 import sqlalchemy as sa
 
 from bench import common
+from bench import servers
 from bench.chaos.stack import Service
 from bench.common import BenchError
-from bench.common import Gunicorn
 from bench.common import Progress
 from bench.common import free_port
-from bench.common import wait_for_redis
 from bench.common import wait_until
+from bench.servers import Gunicorn
+from bench.servers import wait_for_redis
 from config import Config
 from config import database_url as normalise_url
 from workers.queues import DELIVERY_STREAM
@@ -148,7 +149,7 @@ def run(args, workdir: Path, database_url: str, progress: Progress, cleanup: Exi
         server = subprocess.Popen(
             ["redis-server", str(common.ROOT / "deploy" / "redis.conf"), "--port", str(port), "--dir", str(redis_dir),
              "--maxmemory", args.redis_maxmemory], stdout=out, stderr=subprocess.STDOUT)
-    cleanup.callback(common.stop_process, server)
+    cleanup.callback(servers.stop_process, server)
     wait_for_redis(server, redis_url, log, 30)
     conn = redis.Redis.from_url(redis_url)
     env = {**os.environ, "APP_ENV": "production", "REDIS_URL": redis_url, "DATABASE_URL": database_url,

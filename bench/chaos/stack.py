@@ -14,15 +14,15 @@ from pathlib import Path
 
 import requests
 
-from bench import common
+from bench import servers
 from bench.common import ROOT
 from bench.common import BenchError
-from bench.common import Gunicorn
 from bench.common import Progress
-from bench.common import children
 from bench.common import free_port
-from bench.common import wait_for_redis
 from bench.common import wait_until
+from bench.procfs import children
+from bench.servers import Gunicorn
+from bench.servers import wait_for_redis
 from config import Config
 
 WEB_APPS = {"intake": "wsgi:intake", "api": "wsgi:app"}
@@ -45,7 +45,7 @@ run settles in minutes (the mechanisms are the same as with the defaults)."""
 
 
 
-class Service(common.Service):
+class Service(servers.Service):
     """A process of the stack, its output appended to `<logs>/<name>.log`.
 
     `supervised` ones are started again when they die (`Stack._supervise`).
