@@ -73,6 +73,9 @@ RATE, LOAD_SECONDS, READERS = 200.0, 20.0, 20
 def queries(ended_at: datetime) -> list[tuple[str, str, str, dict]]:
     """(name, kind, path, parameters) of each measured query; windows end at the seeding's end."""
     since = (ended_at - timedelta(days=30)).isoformat()
+    # The dashboard's charts: hours of the last 30 days, days of the last year, from a midnight.
+    today = ended_at.replace(hour=0, minute=0, second=0, microsecond=0)
+    days_30, days_365 = ((today - timedelta(days=n)).isoformat() for n in (29, 364))
     return [
         ("stats, last 30 days", "stats", "/api/stats", {"since": since}),
         ("stats, all time", "stats", "/api/stats", {}),
@@ -97,6 +100,8 @@ def queries(ended_at: datetime) -> list[tuple[str, str, str, dict]]:
          {"since": since, "groupBy": "label.userId"}),
         ("stats groupBy=label.userId, all time", "stats", "/api/stats", {"groupBy": "label.userId"}),
         ("labels", "stats", "/api/labels", {}),
+        ("series by hour, last 30 days", "series", "/api/stats/series", {"bucket": "hour", "since": days_30}),
+        ("series by day, last 365 days", "series", "/api/stats/series", {"bucket": "day", "since": days_365}),
     ]
 
 

@@ -1,15 +1,15 @@
 """The readers benchmark's targets (issue 9) and its Markdown report, from the results dictionary.
 
 Targets, judged on the median at the largest size measured for each store:
-stats < 50 ms, search < 100 ms, list pages (first and later) < 20 ms, and the
+stats (and the charts' series) < 50 ms, search < 100 ms, list pages (first and later) < 20 ms, and the
 webhook p99 with readers polling within 1.5x the p99 with none. The issue sets
 them at TARGET_TASKS; a verdict at a smaller size says so.
 """
 
 from __future__ import annotations
 
-BOUNDS_MS = {"stats": 50.0, "search": 100.0, "list": 20.0}
-"""Upper bound of the median, in ms, per kind of query."""
+BOUNDS_MS = {"stats": 50.0, "search": 100.0, "list": 20.0, "series": 50.0}
+"""Upper bound of the median, in ms, per kind of query (the charts' series are held to the stats' bound)."""
 
 P99_RATIO = 1.5
 """Webhook p99 with readers polling, at most this many times the p99 with none."""
