@@ -109,6 +109,8 @@ class Config:
     redis_min_replicas_ack: int = 0
     redis_replica_ack_timeout_ms: int = 500
     database_url: str = f"sqlite:///{VAR_DIR / 'captions.db'}"
+    # `transaction`: PostgreSQL through a pooler in transaction pooling (PgBouncer); see store/db.py.
+    database_pooling: str = "session"
     webhook_tokens: tuple[str, ...] = ()
     read_tokens: tuple[str, ...] = ()
     submit_tokens: tuple[str, ...] = ()
@@ -182,12 +184,18 @@ class Config:
                               "the Redis client's socket timeout")
         host = env.get("HOST", cls.host)
         db_url = database_url(env.get("DATABASE_URL") or cls.database_url)
+        pooling = env.get("DATABASE_POOLING", "").strip() or cls.database_pooling
+        if pooling not in POOLING_MODES:
+            raise ConfigError(f"DATABASE_POOLING must be one of {', '.join(POOLING_MODES)}, not {pooling!r}")
+        if pooling != cls.database_pooling and not db_url.startswith("postgresql"):
+            raise ConfigError(f"DATABASE_POOLING={pooling} is for PostgreSQL; DATABASE_URL is not a PostgreSQL URL")
         numbers.setdefault("persist_concurrency", default_persist_concurrency(db_url))
         return cls(
             app_env=app_env,
             host=host,
             **_redis_settings(env),
             database_url=db_url,
+            database_pooling=pooling,
             webhook_tokens=_tokens(env.get("WEBHOOK_TOKENS")),
             read_tokens=_tokens(env.get("READ_TOKENS")),
             submit_tokens=_tokens(env.get("SUBMIT_TOKENS")),
@@ -200,6 +208,10 @@ class Config:
             **({"read_slots_dir": env["READ_SLOTS_DIR"]} if env.get("READ_SLOTS_DIR", "").strip() else {}),
             **numbers,
         )
+
+
+POOLING_MODES = ("session", "transaction")
+"""DATABASE_POOLING: each connection the service's own session, or one server connection per transaction."""
 
 
 def default_persist_concurrency(url: str) -> int:

@@ -8,8 +8,8 @@ from flask import current_app
 
 from config import Config
 from receiver.read_budget import BudgetedEngine
-from store.db import engine_for
 from store.db import reader_engine_for
+from store.db import write_engine
 
 
 def settings() -> Config:
@@ -24,7 +24,7 @@ def engine() -> sa.Engine | BudgetedEngine:
     """The readers' engine: a request's database work is cancelled past READ_TIMEOUT_MS (store/db.py) and,
     in the api's processes, held under the host's read budget (receiver/read_budget.py)."""
     config = settings()
-    readers = reader_engine_for(config.database_url, config.read_timeout_ms)
+    readers = reader_engine_for(config.database_url, config.read_timeout_ms, config.database_pooling)
     budget = current_app.extensions.get("read_budget")
     return BudgetedEngine(readers, budget) if budget is not None else readers
 
@@ -35,4 +35,4 @@ def writer_engine() -> sa.Engine:
     Not bounded by READ_TIMEOUT_MS: a write is not cancelled half-way, and on SQLite it waits
     for the drains' write lock as long as the workers do (store/db.py).
     """
-    return engine_for(settings().database_url)
+    return write_engine(settings())

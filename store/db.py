@@ -14,6 +14,15 @@ runs past it:
   after the checkout's deadline is refused, so a request's reads end within twice
   the budget however many statements it makes.
 
+Behind a pooler in transaction pooling (PgBouncer's `pool_mode = transaction`,
+`pooling="transaction"`, DATABASE_POOLING), a client's transactions may each run
+on another server connection, so nothing may live in a session: the readers'
+`statement_timeout` is set in each transaction (`SET LOCAL`; PgBouncer refuses
+the `options` startup parameter), and psycopg prepares no statement on the
+server (`prepare_threshold=None`: another client's transaction would find it, or
+not find its own). The write path's staging table is created, if missing, in
+the transaction that uses it, and emptied at its commit (store/results.py).
+
 Either way the caller gets `ReadTimeout`, which the receiver answers with 503
 and Retry-After (receiver/errors.py).
 """
@@ -83,8 +92,10 @@ def _sqlite_pragmas(cache_mib: int):
     return set_pragmas
 
 
-def create_engine(url: str, read_timeout_ms: int | None = None, sqlite_cache_mib: int = SQLITE_CACHE_MIB) -> sa.Engine:
-    """A new engine for `url`; with `read_timeout_ms`, a readers' engine (see the module docstring)."""
+def create_engine(url: str, read_timeout_ms: int | None = None, sqlite_cache_mib: int = SQLITE_CACHE_MIB,
+                  pooling: str = "session") -> sa.Engine:
+    """A new engine for `url`; with `read_timeout_ms`, a readers' engine; `pooling` "transaction" behind a
+    transaction-pooling PgBouncer (see the module docstring)."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
@@ -100,12 +111,25 @@ def create_engine(url: str, read_timeout_ms: int | None = None, sqlite_cache_mib
             # libpq waits for an unreachable server for ever by default; a
             # connect_timeout given in the URL is kept.
             connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
-        if backend == "postgresql" and read_timeout_ms:
+        pooled = backend == "postgresql" and pooling == "transaction"
+        if pooled:
+            connect_args["prepare_threshold"] = None
+        elif backend == "postgresql" and read_timeout_ms:
             connect_args["options"] = f"-c statement_timeout={int(read_timeout_ms)}"
         engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args)
+        if pooled and read_timeout_ms:
+            _timeout_each_transaction(engine, read_timeout_ms)
     if read_timeout_ms:
         _bound_reads(engine, read_timeout_ms)
     return engine
+
+
+def _timeout_each_transaction(engine: sa.Engine, timeout_ms: int) -> None:
+    """`statement_timeout` for the transaction alone, first thing in each (the pooler's server connection may
+    be another's at the next)."""
+    @sa.event.listens_for(engine, "begin")
+    def set_timeout(conn) -> None:
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
 
 
 def _bound_reads(engine: sa.Engine, timeout_ms: int) -> None:
@@ -141,14 +165,19 @@ def _bound_reads(engine: sa.Engine, timeout_ms: int) -> None:
         return None
 
 
-def engine_for(url: str) -> sa.Engine:
+def engine_for(url: str, pooling: str = "session") -> sa.Engine:
     """The process's shared write-path engine for `url`, made anew after a fork (pooled connections cannot cross it)."""
-    return _shared(url, None)
+    return _shared(url, None, pooling)
 
 
-def reader_engine_for(url: str, timeout_ms: int) -> sa.Engine:
+def write_engine(config) -> sa.Engine:
+    """`engine_for` the service's settings (a `config.Config`: DATABASE_URL, DATABASE_POOLING)."""
+    return engine_for(config.database_url, config.database_pooling)
+
+
+def reader_engine_for(url: str, timeout_ms: int, pooling: str = "session") -> sa.Engine:
     """The process's shared readers' engine for `url`: every request's reads cancelled past `timeout_ms`."""
-    return _shared(url, timeout_ms)
+    return _shared(url, timeout_ms, pooling)
 
 
 def dispose_engines() -> None:
@@ -160,9 +189,9 @@ def dispose_engines() -> None:
             engine.dispose()
 
 
-def _shared(url: str, read_timeout_ms: int | None) -> sa.Engine:
-    key = f"{os.getpid()}:{read_timeout_ms}:{url}"
+def _shared(url: str, read_timeout_ms: int | None, pooling: str) -> sa.Engine:
+    key = f"{os.getpid()}:{read_timeout_ms}:{pooling}:{url}"
     engine = _engines.get(key)
     if engine is None:
-        engine = _engines[key] = create_engine(url, read_timeout_ms)
+        engine = _engines[key] = create_engine(url, read_timeout_ms, pooling=pooling)
     return engine

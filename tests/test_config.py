@@ -60,6 +60,9 @@ def test_drains_at_once_follow_the_database_unless_set(database, setting, drains
     ({"APP_ENV": "development", **SECRETS, "PORT": "http"}, "PORT must be an integer, not 'http'"),
     ({"APP_ENV": "development", **SECRETS, "MAX_BODY_BYTES": "1MB"}, "MAX_BODY_BYTES must be an integer"),
     ({"APP_ENV": "development", **SECRETS, "PERSIST_STALE_AFTER_MS": "10"}, "at least 100, not 10"),
+    ({"APP_ENV": "development", **SECRETS, "DATABASE_POOLING": "statement"},
+     "DATABASE_POOLING must be one of session, transaction, not 'statement'"),
+    ({"APP_ENV": "development", **SECRETS, "DATABASE_POOLING": "transaction"}, "is for PostgreSQL"),
 ])
 def test_bad_values_are_named(env, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -87,3 +90,10 @@ def test_production_through_sentinel_needs_no_redis_url():
 def test_bad_redis_settings_are_named(redis, fragment):
     with pytest.raises(ConfigError, match=fragment):
         Config.from_env({"APP_ENV": "development", **SECRETS, **redis})
+
+
+def test_transaction_pooling_is_taken_for_postgresql():
+    env = {"APP_ENV": "development", **SECRETS, "DATABASE_URL": "postgresql://app@pgbouncer:6432/captions",
+           "DATABASE_POOLING": "transaction"}
+    assert Config.from_env(env).database_pooling == "transaction"
+    assert Config.from_env({**env, "DATABASE_POOLING": ""}).database_pooling == "session"

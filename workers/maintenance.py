@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from rq import Queue
 
 from config import Config
-from store.db import engine_for
+from store.db import write_engine
 from store.results import Label
 from store.results import Result
 from store.results import apply_results
@@ -227,7 +227,7 @@ def cleanup() -> dict:
     conn = connect(config)
     cutoff = retention_cutoff(config, conn)
     thumbnails_cutoff = utcnow() - timedelta(days=config.thumbnail_retention_days)
-    deleted = purge(engine_for(config.database_url), cutoff, CLEANUP_BATCH, CLEANUP_SLICE_S, thumbnails_cutoff)
+    deleted = purge(write_engine(config), cutoff, CLEANUP_BATCH, CLEANUP_SLICE_S, thumbnails_cutoff)
     log.info("retention: deleted %s (before %s)", deleted, cutoff.isoformat())
     if not deleted["finished"]:
         Queue(MAINTENANCE_QUEUE, connection=conn).enqueue(cleanup, **CLEANUP_JOB_OPTIONS)
@@ -351,5 +351,5 @@ def replay(*, ids: list[int] | None = None, since: datetime | None = None, until
            limit: int = REPLAY_LIMIT) -> dict:
     """RQ job (and CLI helper): `replay_dead_letters` on the configured store."""
     config = Config.from_env()
-    return replay_dead_letters(engine_for(config.database_url), ids=ids, since=since, until=until,
+    return replay_dead_letters(write_engine(config), ids=ids, since=since, until=until,
                                limit=limit).as_json()

@@ -43,7 +43,7 @@ import redis
 import sqlalchemy as sa
 
 from config import Config
-from store.db import engine_for
+from store.db import write_engine
 from store.results import Delivery
 from store.results import known_deliveries
 from store.results import save_deliveries
@@ -308,7 +308,7 @@ def drain_in_process(config: Config, hand_over_after: float = HAND_OVER_AFTER_S)
     """Drain in the calling process, outside RQ: what the persist worker does while Redis
     refuses RQ's own writes. It takes the spare slot (`PERSIST_CONCURRENCY`, one past the
     joiners), so it runs beside the RQ drains, wakes none, and stops when idle or due."""
-    drainer = Drainer(connect(config), engine_for(config.database_url), config.persist_batch_size,
+    drainer = Drainer(connect(config), write_engine(config), config.persist_batch_size,
                       config.persist_stale_after_ms, config.persist_concurrency, config.persist_concurrency)
     try:
         return drainer.run(hand_over_after)
@@ -319,7 +319,7 @@ def drain_in_process(config: Config, hand_over_after: float = HAND_OVER_AFTER_S)
 def drain(hand_over_after: float = HAND_OVER_AFTER_S, slot: int = 0) -> int:
     """RQ job: persist queued deliveries in batches. Returns how many deliveries were stored."""
     config = Config.from_env()
-    drainer = Drainer(connect(config), engine_for(config.database_url), config.persist_batch_size,
+    drainer = Drainer(connect(config), write_engine(config), config.persist_batch_size,
                       config.persist_stale_after_ms, slot, config.persist_concurrency)
     stored = drainer.run(hand_over_after)
     log.info("drain stored %d deliveries", stored, extra={"stored": stored})

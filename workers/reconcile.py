@@ -47,7 +47,7 @@ from rq import Queue
 
 from config import Config
 from store import submissions
-from store.db import engine_for
+from store.db import write_engine
 from store.results import Event
 from store.results import Result
 from store.results import apply_results
@@ -229,7 +229,7 @@ def reconcile(now: datetime | None = None, next_slice: bool = False) -> dict:
     conn = connect(config)
     if next_slice:
         conn.delete(NEXT_SLICE_FLAG)  # from now on, a slice that stops at its bound enqueues another
-    engine = engine_for(config.database_url)
+    engine = write_engine(config)
     client = RunwareClient(config.runware_api_url, config.runware_api_key, timeout=POLL_TIMEOUT_S)
     reconciler = Reconciler(engine, client, config, SLICE_POLLS, SLICE_S)
     now = now or utcnow()

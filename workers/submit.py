@@ -45,7 +45,7 @@ from rq import Retry
 
 from config import Config
 from store import submissions
-from store.db import engine_for
+from store.db import write_engine
 from store.results import Event
 from store.results import Result
 from store.results import apply_results
@@ -265,7 +265,7 @@ def submit_queued(batch_size: int | None = None, hand_over_after: float = HAND_O
     config = Config.from_env()
     conn = connect(config)
     conn.delete(SUBMIT_FLAG)  # tasks stored from now on enqueue a new job
-    submitter = Submitter(engine_for(config.database_url), RunwareClient.from_config(config), config)
+    submitter = Submitter(write_engine(config), RunwareClient.from_config(config), config)
     try:
         finished = submitter.run(batch_size or config.submit_batch_size, hand_over_after)
     finally:
