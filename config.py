@@ -111,6 +111,8 @@ class Config:
     database_url: str = f"sqlite:///{VAR_DIR / 'captions.db'}"
     # `transaction`: PostgreSQL through a pooler in transaction pooling (PgBouncer); see store/db.py.
     database_pooling: str = "session"
+    # A streaming replica of DATABASE_URL's PostgreSQL for the readers (query API, dashboard, metrics); "": none.
+    database_read_url: str = ""
     webhook_tokens: tuple[str, ...] = ()
     read_tokens: tuple[str, ...] = ()
     submit_tokens: tuple[str, ...] = ()
@@ -189,6 +191,10 @@ class Config:
             raise ConfigError(f"DATABASE_POOLING must be one of {', '.join(POOLING_MODES)}, not {pooling!r}")
         if pooling != cls.database_pooling and not db_url.startswith("postgresql"):
             raise ConfigError(f"DATABASE_POOLING={pooling} is for PostgreSQL; DATABASE_URL is not a PostgreSQL URL")
+        read_url = database_url(env.get("DATABASE_READ_URL", "").strip())
+        if read_url and not (read_url.startswith("postgresql") and db_url.startswith("postgresql")):
+            raise ConfigError("DATABASE_READ_URL is a PostgreSQL replica of DATABASE_URL's PostgreSQL; "
+                              "both must be PostgreSQL URLs")
         numbers.setdefault("persist_concurrency", default_persist_concurrency(db_url))
         return cls(
             app_env=app_env,
@@ -196,6 +202,7 @@ class Config:
             **_redis_settings(env),
             database_url=db_url,
             database_pooling=pooling,
+            database_read_url=read_url,
             webhook_tokens=_tokens(env.get("WEBHOOK_TOKENS")),
             read_tokens=_tokens(env.get("READ_TOKENS")),
             submit_tokens=_tokens(env.get("SUBMIT_TOKENS")),

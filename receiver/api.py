@@ -38,6 +38,7 @@ from store import history
 from store import labels as labels_from
 from store import queries
 from store import stats as stats_from
+from store.replica import replica_lag
 from store.schema import LATENCY_BOUNDS
 from store.schema import SOURCES
 from store.schema import STATUSES
@@ -127,12 +128,12 @@ def get_task(task_uuid: str):
     return task_response(task_uuid)
 
 
-def task_response(task_uuid: str):
+def task_response(task_uuid: str, primary: bool = False):
     """One stored task as JSON with its `history` (store/history.py); 400 for a malformed taskUUID, 404 for an
-    unknown one."""
+    unknown one. `primary`: read from DATABASE_URL even when the readers read a replica."""
     if not UUID_RE.match(task_uuid):
         return error_response(400, "taskUUID must be a UUID")
-    with engine().connect() as conn, queries.read_snapshot(conn).begin():
+    with engine(primary).connect() as conn, queries.read_snapshot(conn).begin():
         task = queries.get_task(conn, task_uuid.lower())
         if task is not None:
             task["history"] = history.task_history(conn, task_uuid.lower())
@@ -181,7 +182,8 @@ def list_filters(args, also: tuple[str, ...] = ()) -> tuple[dict, Params]:
 def stats():
     """Counts, spend, latency and backlog; `since` (inclusive) and `until` (exclusive) bound the window.
 
-    From the hourly aggregates (store/stats.py). `tasksByModel` keys a task without a model as "";
+    From the hourly aggregates (store/stats.py), on DATABASE_READ_URL's replica when set (`replica` says how far
+    behind its primary it is; null when reading the primary). `tasksByModel` keys a task without a model as "";
     each latency histogram has one count per bound of `boundsSeconds` (at most that many seconds,
     more than the bound before) and a last one for everything slower.
     """
@@ -196,6 +198,7 @@ def stats():
         dead, dead_pending = stats_from.dead_letter_counts(conn, window)
         waiting = stats_from.waiting_tasks(conn)
         groups = labels_from.groups(conn, group_by, window) if group_by is not None else None
+        lag = replica_lag(conn)
     oldest = None
     if waiting.oldest_uuid is not None:
         age = (now - waiting.oldest_submitted_at).total_seconds() if waiting.oldest_submitted_at else None
@@ -238,6 +241,7 @@ def stats():
                  "receivedToStored": stored_latency},
         deadLetters={"total": dead, "pending": dead_pending},
         waiting={"count": waiting.count, "oldest": oldest},
+        replica={"lagSeconds": round(lag, 3)} if lag is not None else None,
         **grouped,
     )
 

@@ -50,6 +50,7 @@ from receiver.state import engine
 from receiver.state import redis_client
 from receiver.state import settings
 from store import stats
+from store.replica import replica_lag
 from workers.queues import DELIVERY_GROUP
 from workers.queues import DELIVERY_STREAM
 from workers.queues import MAINTENANCE_QUEUE
@@ -137,6 +138,8 @@ class ServiceCollector:
     def store_metrics(self, up: GaugeMetricFamily):
         try:
             spend = _spend.get(self.db)
+            with self.db.connect() as conn:
+                lag = replica_lag(conn)
         except sa.exc.SQLAlchemyError as exc:
             log.warning("metrics: database unavailable: %s", type(exc).__name__)
             up.add_metric(["database"], 0)
@@ -144,6 +147,9 @@ class ServiceCollector:
         up.add_metric(["database"], 1)
         yield CounterMetricFamily("captions_spend_usd", "Sum of the cost of every successful task in the store",
                                   value=spend)
+        if lag is not None:
+            yield GaugeMetricFamily("captions_read_replica_lag_seconds",
+                                    "How far the readers' replica (DATABASE_READ_URL) is behind its primary", value=lag)
 
 
 @bp.get("/metrics")

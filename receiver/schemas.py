@@ -254,6 +254,10 @@ class DeadLetterCounts(Closed):
     pending: Count
 
 
+class Replica(Closed):
+    lagSeconds: float = Field(ge=0, description="how far the replica read (DATABASE_READ_URL) is behind its primary")
+
+
 class Stats(Closed):
     window: Window
     generatedAt: Time
@@ -264,6 +268,7 @@ class Stats(Closed):
     latency: Latency
     deadLetters: DeadLetterCounts
     waiting: Waiting
+    replica: Replica | None = Field(description="null when the figures are read from the primary itself")
     groups: Groups | None = Field(None, description="with groupBy only")
 
 

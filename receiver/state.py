@@ -20,11 +20,14 @@ def redis_client() -> redis.Redis:
     return current_app.extensions["redis"]
 
 
-def engine() -> sa.Engine | BudgetedEngine:
-    """The readers' engine: a request's database work is cancelled past READ_TIMEOUT_MS (store/db.py) and,
-    in the api's processes, held under the host's read budget (receiver/read_budget.py)."""
+def engine(primary: bool = False) -> sa.Engine | BudgetedEngine:
+    """The readers' engine, on DATABASE_READ_URL's replica when set (`primary`: on DATABASE_URL all the same, for
+    a submitter reading the tasks it has just queued): a request's database work is cancelled past
+    READ_TIMEOUT_MS (store/db.py) and, in the api's processes, held under the host's read budget
+    (receiver/read_budget.py)."""
     config = settings()
-    readers = reader_engine_for(config.database_url, config.read_timeout_ms, config.database_pooling)
+    url = config.database_url if primary else config.database_read_url or config.database_url
+    readers = reader_engine_for(url, config.read_timeout_ms, config.database_pooling)
     budget = current_app.extensions.get("read_budget")
     return BudgetedEngine(readers, budget) if budget is not None else readers
 

@@ -216,4 +216,5 @@ def submit():
            responses={200: "TaskWithHistory"}, errors=(400, 404, 503))
 @require_bearer("submit_tokens")
 def get_caption(task_uuid: str):
-    return task_response(task_uuid)
+    """Read from the primary: a task submitted a moment ago is found even while a replica lags."""
+    return task_response(task_uuid, primary=True)

@@ -117,11 +117,20 @@ def create_engine(url: str, read_timeout_ms: int | None = None, sqlite_cache_mib
         elif backend == "postgresql" and read_timeout_ms:
             connect_args["options"] = f"-c statement_timeout={int(read_timeout_ms)}"
         engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args)
+        if backend == "postgresql":
+            sa.event.listen(engine, "checkin", _server_default_access_mode)
         if pooled and read_timeout_ms:
             _timeout_each_transaction(engine, read_timeout_ms)
     if read_timeout_ms:
         _bound_reads(engine, read_timeout_ms)
     return engine
+
+
+def _server_default_access_mode(dbapi_conn, _record) -> None:
+    """After a read-only snapshot SQLAlchemy sets psycopg's `read_only` to False, and psycopg then begins every
+    transaction READ WRITE, which a hot standby (DATABASE_READ_URL) refuses: leave the access mode to the server."""
+    if dbapi_conn is not None:
+        dbapi_conn.read_only = None
 
 
 def _timeout_each_transaction(engine: sa.Engine, timeout_ms: int) -> None:

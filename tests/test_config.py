@@ -63,6 +63,8 @@ def test_drains_at_once_follow_the_database_unless_set(database, setting, drains
     ({"APP_ENV": "development", **SECRETS, "DATABASE_POOLING": "statement"},
      "DATABASE_POOLING must be one of session, transaction, not 'statement'"),
     ({"APP_ENV": "development", **SECRETS, "DATABASE_POOLING": "transaction"}, "is for PostgreSQL"),
+    ({"APP_ENV": "development", **SECRETS, "DATABASE_READ_URL": "postgresql://reader@replica/captions"},
+     "both must be PostgreSQL URLs"),
 ])
 def test_bad_values_are_named(env, fragment):
     with pytest.raises(ConfigError, match=fragment):

@@ -41,6 +41,13 @@ export function drawStats(stats, now) {
   setText("waiting", waiting.count === 0 ? "none"
     : count(waiting.count) + " · oldest " + duration(waiting.oldest.ageSeconds || 0));
 
+  // Shown only when the figures come from DATABASE_READ_URL's replica: how old they may be.
+  $("replica-card").hidden = stats.replica === null;
+  if (stats.replica !== null) {
+    const lag = stats.replica.lagSeconds;
+    setText("replica-lag", lag < 1 ? lag.toFixed(1) + "s" : duration(lag));
+  }
+
   const spend = stats.spend;
   setText("spend-range", money(spend.usd));
   $("spend-range").title = spend.exact + " USD exactly, " + count(spend.successes) + " successes";
