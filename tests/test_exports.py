@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -165,8 +167,23 @@ def test_time_windows_export_what_the_list_holds(client, waves, monkeypatch):
 
 def test_an_export_of_nothing_is_a_header_or_an_empty_body(client, waves):
     query = {"q": "submarine"}
-    assert csv_rows(exported(client, "csv", query)) == [list(export.queries.PUBLIC_FIELDS)]
+    header = list(orjson.loads(exported(client, "ndjson", {}).splitlines()[0]))
+    assert csv_rows(exported(client, "csv", query)) == [header]  # the same columns as an export of tasks
     assert exported(client, "ndjson", query) == b""
+
+
+def test_times_are_written_as_the_list_shows_them(client, engine):
+    """The database writes an export's times; the list's are Python's isoformat, which drops a zero fraction."""
+    at = {str(uuid.UUID(int=9000 + i)): datetime(2026, 6, 1, 12, 30, 5, micro, tzinfo=UTC)
+          for i, micro in enumerate((0, 1, 250000, 999999))}
+    with engine.begin() as conn:
+        for task_uuid, received_at in at.items():
+            apply_results(conn, [Result(task_uuid, "success", received_at, text="a cat")])
+    tasks = listed(client, {})
+    assert {t["taskUUID"]: t["firstDeliveryAt"] for t in tasks} == {u: t.isoformat() for u, t in at.items()}
+    assert [orjson.loads(line) for line in exported(client, "ndjson", {}).splitlines()] == tasks
+    rows = csv_rows(exported(client, "csv", {}))
+    assert [row[rows[0].index("firstDeliveryAt")] for row in rows[1:]] == [t["firstDeliveryAt"] for t in tasks]
 
 
 def test_csv_cells_that_would_run_as_formulas_are_defused(client, waves):
