@@ -29,7 +29,7 @@ from store import queries
 from store.schema import tasks
 from store.schema import thumbnails
 
-CHUNK = 5000
+CHUNK = 2000
 """Tasks read per query (and per connection checkout)."""
 
 FIELDS = (*queries.PUBLIC_FIELDS, "labels", "labelConflicts", "thumbnail")

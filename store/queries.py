@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from store import search as search_query
 from store import thumbnails
@@ -57,6 +58,15 @@ class Window:
         return conditions
 
 
+def among(conn: sa.Connection, column: sa.ColumnElement, values: list[str]) -> sa.ColumnElement:
+    """WHERE condition: `column` is one of `values`. PostgreSQL gets them as one array (`= ANY`, which is what
+    it makes of an IN list), not a parameter each: for an export's chunk of thousands, rendering and
+    sending those cost more than the query."""
+    if conn.dialect.name == "postgresql":
+        return column == sa.any_(sa.bindparam("values", values, type_=ARRAY(column.type)))
+    return column.in_(values)
+
+
 def labels_of(conn: sa.Connection, task_uuids: Iterable[str]) -> dict[str, tuple[dict[str, str], list[str]]]:
     """The labels of each task (by key) and the keys flagged for disagreement; tasks without labels are absent."""
     found: dict[str, tuple[dict[str, str], list[str]]] = {}
@@ -64,7 +74,8 @@ def labels_of(conn: sa.Connection, task_uuids: Iterable[str]) -> dict[str, tuple
     if not uuids:
         return found
     query = (sa.select(task_labels.c.task_uuid, task_labels.c.key, task_labels.c.value, task_labels.c.conflict)
-             .where(task_labels.c.task_uuid.in_(uuids)).order_by(task_labels.c.task_uuid, task_labels.c.key))
+             .where(among(conn, task_labels.c.task_uuid, uuids))
+             .order_by(task_labels.c.task_uuid, task_labels.c.key))
     for task_uuid, key, value, conflict in conn.execute(query):
         labels, conflicts = found.setdefault(task_uuid, ({}, []))
         labels[key] = value
