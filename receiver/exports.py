@@ -45,7 +45,7 @@ def keep_alive() -> None:
     """Called after each chunk; gunicorn's workers replace it with their heartbeat (deploy/gunicorn.conf.py)."""
 
 
-def _beating(pages: Iterator[list[tuple]]) -> Iterator[list[tuple]]:
+def _beating(pages: Iterator[export.Chunk]) -> Iterator[export.Chunk]:
     for page in pages:
         yield page
         keep_alive()
@@ -106,26 +106,25 @@ def export_command(fmt, filters, output, overwrite):
     click.echo(f"{bar.pos} tasks exported", err=True)
 
 
-def _counting(pages: Iterator[list[tuple]], bar) -> Iterator[list[tuple]]:
+def _counting(pages: Iterator[export.Chunk], bar) -> Iterator[export.Chunk]:
     for page in pages:
         yield page
-        bar.update(len(page))
+        bar.update(len(page.rows))
 
 
-def write_sidecars(pages: Iterator[list[tuple]], overwrite: bool) -> dict[str, int]:
+def write_sidecars(pages: Iterator[export.Chunk], overwrite: bool) -> dict[str, int]:
     """Write `photo.txt` beside `photo.jpg` for each captioned task read from a local file; counts of each outcome."""
     counts = {"caption files written": 0, "kept (they exist; --overwrite replaces them)": 0,
               "without a caption or a local image file": 0, "whose image file is gone": 0,
               "older captions of an image captioned again": 0}
     written, kept, skipped, gone, older = counts
     done: set[Path] = set()  # the list is newest first: the newest caption of an image wins
-    for rows in pages:
-        page = [dict(zip(export.FIELDS, row)) for row in rows]
-        captioned = {t["taskUUID"]: t["text"] for t in page if t["status"] == "success" and t["text"] is not None}
+    for chunk in pages:
+        captioned = {t.taskUUID: t.text for t in chunk.rows if t.status == "success" and t.text is not None}
         with engine().connect() as conn:
             paths = export.file_paths(conn, list(captioned))
-        counts[skipped] += len(page) - len(paths)
-        for task_uuid in (t["taskUUID"] for t in page if t["taskUUID"] in paths):
+        counts[skipped] += len(chunk.rows) - len(paths)
+        for task_uuid in (t.taskUUID for t in chunk.rows if t.taskUUID in paths):
             sidecar = export.sidecar_path(paths[task_uuid])
             if sidecar in done:
                 counts[older] += 1

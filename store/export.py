@@ -7,9 +7,10 @@ of its own: on the readers' engine READ_TIMEOUT_MS bounds each chunk's queries, 
 the whole export. Like the list's pages, a task changed while the walk runs moves
 to the top of the list's order, so it may be left out (it is never repeated).
 
-A chunk is one query of the columns its format needs, a tuple per task: the database
-writes the times as the list's ISO text (`iso_time`) and, for CSV, each cell as the
-CSV shows it (formulas defused, true/false); a chunk's labels are one more query.
+A chunk is one query of the columns its format needs: the database writes the times
+as the list's ISO text (`iso_time`) and, for CSV, each cell as the CSV shows it
+(formulas defused, true/false); its tasks' labels are one more query. A row becomes
+a line in one step, with no object of the API's built for it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import io
 from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -29,7 +31,7 @@ from store import queries
 from store.schema import tasks
 from store.schema import thumbnails
 
-CHUNK = 2000
+CHUNK = 1000
 """Tasks read per query (and per connection checkout)."""
 
 FIELDS = (*queries.PUBLIC_FIELDS, "labels", "labelConflicts", "thumbnail")
@@ -112,19 +114,29 @@ CSV_CELLS = [*(_cell(name, column) for name, column in queries.PUBLIC_FIELDS.ite
 """What a chunk reads for CSV: VALUES as its cells. Times, numbers and JSON never start a formula."""
 
 SHOWN = len(queries.PUBLIC_FIELDS)
+"""Where a row's thumbnail is; the list's fields come before it, labels and their conflicts go between."""
+
 NO_LABELS: tuple[dict[str, str], list[str]] = ({}, [])
+NO_LABEL_CELLS = ("{}", "[]")
+
+
+class Chunk(NamedTuple):
+    """Rows of the list, read as VALUES or CSV_CELLS, and the labels of their tasks (`queries.labels_of`)."""
+
+    rows: list[sa.Row]
+    labels: dict[str, tuple[dict[str, str], list[str]]]
 
 
 def chunks(engine: sa.Engine, filters: dict, columns: list[sa.ColumnElement] = VALUES,
-           chunk: int | None = None) -> Iterator[list[tuple]]:
+           chunk: int | None = None) -> Iterator[Chunk]:
     """The list's tasks under `filters` (keyword arguments of `list_rows`), `chunk` (default CHUNK) at a time,
-    each a tuple of FIELDS read as `columns` (VALUES or CSV_CELLS). The last chunk may be empty."""
+    read as `columns`. The last chunk may be empty."""
     after = None
     while True:
         with engine.connect() as conn:
             rows, after = queries.list_rows(conn, columns, **filters, after=after, limit=chunk or CHUNK)
             labels = queries.labels_of(conn, [row[-1] for row in rows])
-        yield [(*row[:SHOWN], *labels.get(row[-1], NO_LABELS), row[SHOWN]) for row in rows]
+        yield Chunk(rows, labels)
         if after is None:
             return
 
@@ -133,28 +145,34 @@ def json_text(value: dict | list) -> str:
     return orjson.dumps(value).decode()
 
 
-def csv_lines(pages: Iterator[list[tuple]]) -> Iterator[bytes]:
-    """UTF-8 CSV (RFC 4180, CRLF) of chunks read as CSV_CELLS: a header of the field names, then a line per
-    task; one piece per chunk. Labels and their conflicts are JSON; None is an empty cell."""
+def csv_lines(pages: Iterator[Chunk]) -> Iterator[bytes]:
+    """UTF-8 CSV (RFC 4180, CRLF) of chunks read as CSV_CELLS: a header of FIELDS, then a line per task; one
+    piece per chunk. Labels and their conflicts are JSON; None is an empty cell."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(FIELDS)
     for page in pages:
-        writer.writerows((*task[:SHOWN], json_text(task[SHOWN]), json_text(task[SHOWN + 1]), task[-1])
-                         for task in page)
+        cells = {task: (json_text(labels), json_text(conflicts)) for task, (labels, conflicts) in page.labels.items()}
+        writer.writerows((*row[:SHOWN], *cells.get(row[-1], NO_LABEL_CELLS), row[SHOWN]) for row in page.rows)
         yield out.getvalue().encode()
         out.seek(0)
         out.truncate()
 
 
-def ndjson_lines(pages: Iterator[list[tuple]]) -> Iterator[bytes]:
+def ndjson_lines(pages: Iterator[Chunk]) -> Iterator[bytes]:
     """Newline-delimited JSON of chunks read as VALUES: one task object per line, as `GET /api/tasks` shows it;
     one piece per chunk."""
+    out = io.BytesIO()  # written a line at a time: orjson's answer holds a buffer of some KiB
     for page in pages:
-        yield b"".join([orjson.dumps(dict(zip(FIELDS, task)), option=orjson.OPT_APPEND_NEWLINE) for task in page])
+        for row in page.rows:
+            out.write(orjson.dumps(dict(zip(FIELDS, (*row[:SHOWN], *page.labels.get(row[-1], NO_LABELS), row[SHOWN]))),
+                                   option=orjson.OPT_APPEND_NEWLINE))
+        yield out.getvalue()
+        out.seek(0)
+        out.truncate()
 
 
-FORMATS: dict[str, tuple[list[sa.ColumnElement], Callable[[Iterator[list[tuple]]], Iterator[bytes]], str]] = {
+FORMATS: dict[str, tuple[list[sa.ColumnElement], Callable[[Iterator[Chunk]], Iterator[bytes]], str]] = {
     "csv": (CSV_CELLS, csv_lines, "text/csv"),
     "ndjson": (VALUES, ndjson_lines, "application/x-ndjson"),
 }

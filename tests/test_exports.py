@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import time
+import tracemalloc
 import uuid
 from datetime import UTC
 from datetime import datetime
@@ -242,6 +243,29 @@ def test_read_timeout_bounds_each_chunk_not_the_stream(config, waves, monkeypatc
         time.sleep(0.06)  # a slow reader: the whole stream takes several times the timeout
     assert time.monotonic() - started > 0.5
     assert [orjson.loads(line) for line in lines] == tasks
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson"])
+def test_an_export_holds_about_one_chunk_at_a_time(engine, fmt):
+    """In process, at its peak an export holds a chunk's rows and lines: a few KiB a task of a chunk, whatever
+    the export's length (orjson's answer keeps a buffer of some KiB: a chunk does not keep those)."""
+    n = 3 * export.CHUNK
+    with engine.begin() as conn:
+        apply_results(conn, [Result(str(uuid.UUID(int=i + 1)), "success", utcnow(), text=f"a caption, number {i}",
+                                    cost=Decimal("0.0019")) for i in range(n)])
+    columns, encode, _ = export.FORMATS[fmt]
+
+    def lines() -> int:
+        return sum(piece.count(b"\n") for piece in encode(export.chunks(engine, {}, columns)))
+
+    lines()  # statements compiled, connection opened
+    tracemalloc.start()
+    try:
+        assert lines() == n + (fmt == "csv")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < export.CHUNK * 5 * 1024, f"{peak / export.CHUNK:.0f} bytes a task of a chunk"
 
 
 def peak_rss_kib(pid: int) -> int:
