@@ -45,7 +45,7 @@ def keep_alive() -> None:
     """Called after each chunk; gunicorn's workers replace it with their heartbeat (deploy/gunicorn.conf.py)."""
 
 
-def _beating(pages: Iterator[list[dict]]) -> Iterator[list[dict]]:
+def _beating(pages: Iterator[export.Chunk]) -> Iterator[export.Chunk]:
     for page in pages:
         yield page
         keep_alive()
@@ -59,9 +59,9 @@ def _beating(pages: Iterator[list[dict]]) -> Iterator[list[dict]]:
 def export_tasks(fmt: str):
     """Every task the filters choose, newest first, as a CSV or NDJSON attachment."""
     filters, _ = api.list_filters(request.args)
-    pages = export.chunks(engine(), filters)
+    columns, encode, media_type = export.FORMATS[fmt]
+    pages = export.chunks(engine(), filters, columns)
     first = next(pages)  # here, so that its errors are answered like the list's
-    encode, media_type = export.FORMATS[fmt]
     name = f"tasks-{utcnow():%Y%m%dT%H%M%SZ}.{fmt}"
     return Response(encode(_beating(itertools.chain([first], pages))), mimetype=media_type,
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
@@ -95,37 +95,36 @@ def export_command(fmt, filters, output, overwrite):
         selection, _ = api.list_filters(args)
     except ParamError as exc:
         raise click.BadParameter(exc.message, param_hint="filters") from None
-    pages = export.chunks(engine(), selection)
     with click.progressbar(itertools.repeat(None), label="Exporting tasks", file=sys.stderr, show_pos=True) as bar:
-        counted = _counting(pages, bar)
         if fmt == "sidecars":
-            written = write_sidecars(counted, overwrite)
+            written = write_sidecars(_counting(export.chunks(engine(), selection), bar), overwrite)
             click.echo(", ".join(f"{n} {what}" for what, n in written.items()), err=True)
         else:
-            for piece in export.FORMATS[fmt][0](counted):
+            columns, encode, _ = export.FORMATS[fmt]
+            for piece in encode(_counting(export.chunks(engine(), selection, columns), bar)):
                 output.write(piece)
     click.echo(f"{bar.pos} tasks exported", err=True)
 
 
-def _counting(pages: Iterator[list[dict]], bar) -> Iterator[list[dict]]:
+def _counting(pages: Iterator[export.Chunk], bar) -> Iterator[export.Chunk]:
     for page in pages:
         yield page
-        bar.update(len(page))
+        bar.update(len(page.rows))
 
 
-def write_sidecars(pages: Iterator[list[dict]], overwrite: bool) -> dict[str, int]:
+def write_sidecars(pages: Iterator[export.Chunk], overwrite: bool) -> dict[str, int]:
     """Write `photo.txt` beside `photo.jpg` for each captioned task read from a local file; counts of each outcome."""
     counts = {"caption files written": 0, "kept (they exist; --overwrite replaces them)": 0,
               "without a caption or a local image file": 0, "whose image file is gone": 0,
               "older captions of an image captioned again": 0}
     written, kept, skipped, gone, older = counts
     done: set[Path] = set()  # the list is newest first: the newest caption of an image wins
-    for page in pages:
-        captioned = {t["taskUUID"]: t["text"] for t in page if t["status"] == "success" and t["text"] is not None}
+    for chunk in pages:
+        captioned = {t.taskUUID: t.text for t in chunk.rows if t.status == "success" and t.text is not None}
         with engine().connect() as conn:
             paths = export.file_paths(conn, list(captioned))
-        counts[skipped] += len(page) - len(paths)
-        for task_uuid in (t["taskUUID"] for t in page if t["taskUUID"] in paths):
+        counts[skipped] += len(chunk.rows) - len(paths)
+        for task_uuid in (t.taskUUID for t in chunk.rows if t.taskUUID in paths):
             sidecar = export.sidecar_path(paths[task_uuid])
             if sidecar in done:
                 counts[older] += 1

@@ -16,7 +16,10 @@ import json
 import subprocess
 import sys
 import time
+import tracemalloc
 import uuid
+from datetime import UTC
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -132,12 +135,17 @@ def test_each_export_holds_exactly_the_list_under_the_same_filter(client, waves,
     assert tasks, "a filter that matches nothing proves nothing"
 
     lines = exported(client, "ndjson", query).splitlines()
-    assert [orjson.loads(line) for line in lines] == tasks
+    assert list(map(same_json, lines)) == list(map(same_json, tasks))
 
     rows = csv_rows(exported(client, "csv", query))
     header, body = rows[0], rows[1:]
     assert sorted(header) == sorted(tasks[0])  # every field the list shows, in the store's order
     assert body == [[cell(task[name]) for name in header] for task in tasks]
+
+
+def same_json(task: bytes | dict) -> bytes:
+    """A task's JSON with its keys sorted, to compare exactly (`false` is not `0`, nor `1.0` `1`)."""
+    return orjson.dumps(orjson.loads(task) if isinstance(task, bytes) else task, option=orjson.OPT_SORT_KEYS)
 
 
 def cell(value) -> str:
@@ -165,8 +173,23 @@ def test_time_windows_export_what_the_list_holds(client, waves, monkeypatch):
 
 def test_an_export_of_nothing_is_a_header_or_an_empty_body(client, waves):
     query = {"q": "submarine"}
-    assert csv_rows(exported(client, "csv", query)) == [list(export.queries.PUBLIC_FIELDS)]
+    header = list(orjson.loads(exported(client, "ndjson", {}).splitlines()[0]))
+    assert csv_rows(exported(client, "csv", query)) == [header]  # the same columns as an export of tasks
     assert exported(client, "ndjson", query) == b""
+
+
+def test_times_are_written_as_the_list_shows_them(client, engine):
+    """The database writes an export's times; the list's are Python's isoformat, which drops a zero fraction."""
+    at = {str(uuid.UUID(int=9000 + i)): datetime(2026, 6, 1, 12, 30, 5, micro, tzinfo=UTC)
+          for i, micro in enumerate((0, 1, 250000, 999999))}
+    with engine.begin() as conn:
+        for task_uuid, received_at in at.items():
+            apply_results(conn, [Result(task_uuid, "success", received_at, text="a cat")])
+    tasks = listed(client, {})
+    assert {t["taskUUID"]: t["firstDeliveryAt"] for t in tasks} == {u: t.isoformat() for u, t in at.items()}
+    assert list(map(same_json, exported(client, "ndjson", {}).splitlines())) == list(map(same_json, tasks))
+    rows = csv_rows(exported(client, "csv", {}))
+    assert [row[rows[0].index("firstDeliveryAt")] for row in rows[1:]] == [t["firstDeliveryAt"] for t in tasks]
 
 
 def test_csv_cells_that_would_run_as_formulas_are_defused(client, waves):
@@ -220,6 +243,29 @@ def test_read_timeout_bounds_each_chunk_not_the_stream(config, waves, monkeypatc
         time.sleep(0.06)  # a slow reader: the whole stream takes several times the timeout
     assert time.monotonic() - started > 0.5
     assert [orjson.loads(line) for line in lines] == tasks
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson"])
+def test_an_export_holds_about_one_chunk_at_a_time(engine, fmt):
+    """In process, at its peak an export holds a chunk's rows and lines: a few KiB a task of a chunk, whatever
+    the export's length (orjson's answer keeps a buffer of some KiB: a chunk does not keep those)."""
+    n = 3 * export.CHUNK
+    with engine.begin() as conn:
+        apply_results(conn, [Result(str(uuid.UUID(int=i + 1)), "success", utcnow(), text=f"a caption, number {i}",
+                                    cost=Decimal("0.0019")) for i in range(n)])
+    columns, encode, _ = export.FORMATS[fmt]
+
+    def lines() -> int:
+        return sum(piece.count(b"\n") for piece in encode(export.chunks(engine, {}, columns)))
+
+    lines()  # statements compiled, connection opened
+    tracemalloc.start()
+    try:
+        assert lines() == n + (fmt == "csv")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < export.CHUNK * 5 * 1024, f"{peak / export.CHUNK:.0f} bytes a task of a chunk"
 
 
 def peak_rss_kib(pid: int) -> int:
