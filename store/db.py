@@ -17,8 +17,9 @@ runs past it:
 Behind a pooler in transaction pooling (PgBouncer's `pool_mode = transaction`,
 `pooling="transaction"`, DATABASE_POOLING), a client's transactions may each run
 on another server connection, so nothing may live in a session: the readers'
-`statement_timeout` is set in each transaction (`SET LOCAL`; PgBouncer refuses
-the `options` startup parameter), and psycopg prepares no statement on the
+`statement_timeout` is set in each transaction (`set_config(..., true)`, as
+`SET LOCAL` sets it; PgBouncer refuses the `options` startup parameter), and
+psycopg prepares no statement on the
 server (`prepare_threshold=None`: another client's transaction would find it, or
 not find its own). The write path's staging table is created, if missing, in
 the transaction that uses it, and emptied at its commit (store/results.py).
@@ -136,9 +137,11 @@ def _server_default_access_mode(dbapi_conn, _record) -> None:
 def _timeout_each_transaction(engine: sa.Engine, timeout_ms: int) -> None:
     """`statement_timeout` for the transaction alone, first thing in each (the pooler's server connection may
     be another's at the next)."""
+    setting = sa.text("SELECT set_config('statement_timeout', :ms, true)").bindparams(ms=str(int(timeout_ms)))
+
     @sa.event.listens_for(engine, "begin")
     def set_timeout(conn) -> None:
-        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+        conn.execute(setting)
 
 
 def _bound_reads(engine: sa.Engine, timeout_ms: int) -> None:
