@@ -4,7 +4,7 @@ Random writes go through the service's own write paths (submissions with
 labels, webhook batches with labels, polls), in random order, plus changes in
 plain SQL (a label's value, a task deleted), so the label aggregates' triggers
 on both tables see inserts, upserts, updates and deletes. Then, for random
-windows, `store.labels.groups` is compared with the same figures computed
+windows, `store.labels.grouping` is compared with the same figures computed
 here, in Python, from every row; so are the keys, the label filter of the list
 and the `spend_by_label` view.
 """
@@ -109,10 +109,29 @@ def scan(engine: sa.Engine, key: str, window: Window) -> dict:
     return {v: (+c, ok, bad, spend) for v, (c, ok, bad, spend) in found.items() if c or ok or bad}
 
 
-def from_aggregates(engine: sa.Engine, key: str, window: Window) -> dict:
+def figures(group: labels.Group) -> tuple:
+    return +Counter(group.by_status), group.successes, group.errors, group.spend
+
+
+def summed(found: list[tuple]) -> tuple:
+    return (sum((f[0] for f in found), Counter()), sum(f[1] for f in found), sum(f[2] for f in found),
+            sum((f[3] for f in found), Decimal(0)))
+
+
+def assert_grouped(engine: sa.Engine, key: str, window: Window) -> None:
+    """Every value, ranked as the API ranks them (tasks, then finished tasks, then the value), the first two
+    with the rest summed as `other`, and the sum of all, as a scan finds them."""
+    expected = scan(engine, key, window)
+    ranked = sorted(expected, key=lambda v: (-sum(expected[v][0].values()), -expected[v][1] - expected[v][2], v))
     with engine.connect() as conn:
-        groups = labels.groups(conn, key, window)
-    return {g.value: (+Counter(g.by_status), g.successes, g.errors, g.spend) for g in groups}
+        every = labels.grouping(conn, key, window, limit=len(expected) + 1)
+        first = labels.grouping(conn, key, window, limit=2)
+    assert [(g.value, figures(g)) for g in every.values] == [(v, expected[v]) for v in ranked]
+    assert [(g.value, figures(g)) for g in first.values] == [(v, expected[v]) for v in ranked[:2]]
+    assert every.other is None and every.distinct == first.distinct == len(ranked)
+    rest = [expected[v] for v in ranked[2:]]
+    assert (figures(first.other) if first.other else None) == (summed(rest) if rest else None)
+    assert figures(every.total) == figures(first.total) == summed(list(expected.values()))
 
 
 def assert_rolled_up(engine: sa.Engine) -> None:
@@ -138,7 +157,7 @@ def assert_exact(engine: sa.Engine, chosen: list[Window]) -> None:
     assert_rolled_up(engine)
     for key in KEYS:
         for window in chosen:
-            assert from_aggregates(engine, key, window) == scan(engine, key, window), (key, window)
+            assert_grouped(engine, key, window)
     with engine.connect() as conn:
         rows = conn.execute(sa.select(task_labels.c.key, task_labels.c.value)).all()
         keys = labels.keys(conn, per_key=2)
@@ -296,9 +315,9 @@ def test_whole_days_are_read_from_the_day_rollups(engine):
         with engine.connect() as conn:
             for window in (Window(midnight, midnight + timedelta(days=2)), Window(START, START + timedelta(hours=3))):
                 read.clear()
-                by_value = {g.value: g.successes for g in labels.groups(conn, "projectId", window)}
+                by_value = {g.value: g.successes for g in labels.grouping(conn, "projectId", window).values}
                 assert by_value == {"proj_00": 1, "proj_01": 2, "proj_02": 3}
-                days = "label_task_days" in read[0] and "label_result_days" in read[1]
+                days = "label_task_days" in read[0] and "label_result_days" in read[0]
                 assert days == (window.until - window.since >= timedelta(days=1)), window  # START may be a midnight
     finally:
         sa.event.remove(engine, "before_cursor_execute", log)
@@ -367,3 +386,28 @@ def test_a_rare_label_is_looked_up_by_task_not_walked_for(tmp_path):
         plan = " ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters))
     engine.dispose()
     assert "SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (task_uuid=?)" in plan, plan
+
+
+def test_a_windows_partial_hours_are_read_by_task_time_not_by_key(tmp_path):
+    """SQLite's plan, on a store of its own: the base rows of a window's partial hours are the tasks created (or
+    finished) in those hours, found through their time index, not every label of the key."""
+    url = f"sqlite:///{tmp_path / 'labels.db'}"
+    upgrade(url)
+    engine = sa.create_engine(url)
+    seed(engine, 3)
+    read: list[tuple] = []
+
+    def log(conn, cursor, statement, parameters, *_):
+        read.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", log)
+    with engine.connect() as conn:
+        window = Window(START + timedelta(minutes=10), START + timedelta(hours=5, minutes=10))
+        assert labels.grouping(conn, "projectId", window).distinct == 3
+        sa.event.remove(engine, "before_cursor_execute", log)
+        [(statement, parameters)] = read
+        plan = " ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters))
+    engine.dispose()
+    assert "ix_tasks_created (created_at>? AND created_at<?)" in plan, plan
+    assert "ix_tasks_result (result_at>? AND result_at<?)" in plan, plan
+    assert "ix_task_labels_key_value" not in plan, plan
