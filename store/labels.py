@@ -6,9 +6,11 @@ Groups come from the aggregates `label_task_hours` and `label_result_hours`
 and their day rollups `label_task_days` and `label_result_days`: the rollups
 for a window's whole days, the hourly tables for its other whole hours and the
 base rows for its partial hours, as store/stats.py does for the totals (with
-`combined`), so they equal a scan exactly. The values are summed and ranked in
-the database, which returns the first few and one row for the rest: a key with
-very many values costs no more in Python than one with few.
+`combined`), so they equal a scan exactly; over all time they come from
+`label_totals`, one row per value. The values are summed and ranked in
+the database, which returns only the first few, with how many values there are
+and the sum of them all: a key with very many values costs no more in Python
+than one with few.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from store.queries import Window
 from store.schema import STATUSES
 from store.schema import label_result_hours
 from store.schema import label_task_hours
+from store.schema import label_totals
 from store.schema import label_values
 from store.schema import task_labels
 from store.schema import tasks
@@ -105,7 +108,14 @@ class Grouping:
 
 def _per_value(conn: sa.Connection, key: str, window: Window) -> sa.Subquery:
     """One row per value of `key` with tasks created or finished in `window`: its MEASURES, `tasks` and
-    `finished`."""
+    `finished`; over all time from `label_totals`, one row per value."""
+    if window.since is None and window.until is None:
+        v = label_totals.c
+        created_tasks = sum((v[s] for s in STATUSES[1:]), v[STATUSES[0]])
+        finished_tasks = v.successes + v.errors
+        return (sa.select(v.value, *(v[m] for m in MEASURES), created_tasks.label("tasks"),
+                          finished_tasks.label("finished"))
+                .where(v.key == key, sa.or_(created_tasks > 0, finished_tasks > 0)).subquery("per_value"))
     dialect = conn.dialect.name
     t = tasks.c
     created = _rows(window, label_task_hours, t.created_at, {"tasks": sa.literal(1, sa.BigInteger)}, key, dialect,

@@ -38,6 +38,9 @@ from store.results import save_deliveries
 from store.schema import DAYS
 from store.schema import FINAL_STATUSES
 from store.schema import STATUSES
+from store.schema import label_result_days
+from store.schema import label_task_days
+from store.schema import label_totals
 from store.schema import task_labels
 from store.schema import tasks
 from store.submissions import NewTask
@@ -135,7 +138,8 @@ def assert_grouped(engine: sa.Engine, key: str, window: Window) -> None:
 
 
 def assert_rolled_up(engine: sa.Engine) -> None:
-    """No label outlives its task, and each day rollup holds the sums of its hourly table's rows of that day."""
+    """No label outlives its task, each day rollup holds the sums of its hourly table's rows of that day, and
+    `label_totals` those of the day rollups' rows of each label."""
     with engine.connect() as conn:
         assert not conn.execute(sa.select(task_labels).where(~sa.exists().where(
             tasks.c.task_uuid == task_labels.c.task_uuid))).all()
@@ -151,6 +155,16 @@ def assert_rolled_up(engine: sa.Engine) -> None:
             rolled = {(r["key"], r["day"], r["value"], r["status"]): +Counter({m: r[m] for m in measures})
                       for r in conn.execute(sa.select(daily)).mappings()}
             assert {k: v for k, v in rolled.items() if v} == {k: +v for k, v in sums.items() if +v}, daily.name
+        totals: dict[tuple, Counter] = {}
+        for row in conn.execute(sa.select(label_task_days)):
+            totals.setdefault((row.key, row.value), Counter())[row.status] += row.tasks
+        for row in conn.execute(sa.select(label_result_days)):
+            success = row.status == "success"
+            totals.setdefault((row.key, row.value), Counter()).update(
+                {"successes" if success else "errors": row.tasks, "cost_units": row.cost_units if success else 0})
+        kept = {(r["key"], r["value"]): +Counter({m: r[m] for m in labels.MEASURES})
+                for r in conn.execute(sa.select(label_totals)).mappings()}
+        assert {k: v for k, v in kept.items() if v} == {k: +v for k, v in totals.items() if +v}
 
 
 def assert_exact(engine: sa.Engine, chosen: list[Window]) -> None:
@@ -341,6 +355,25 @@ def test_the_migration_rolls_up_an_existing_stores_labels_and_drops_orphans(data
         assert_exact(engine, [Window(midnight, midnight + timedelta(days=2)), Window(START, None)])
         with engine.connect() as conn:
             assert {k.key: k.tasks for k in labels.keys(conn, per_key=1)} == {"projectId": 9, "userId": 9}
+    finally:
+        engine.dispose()
+
+
+def test_the_migration_totals_an_existing_stores_labels(database_url):
+    """A store labelled before revision 0015, its labels and results changed there, upgraded: all time is read from
+    `label_totals`, which holds what the day rollups hold."""
+    engine = sa.create_engine(database_url)
+    try:
+        downgrade(database_url, "0013")
+        try:
+            made = list(seed(engine, 4))
+            with engine.begin() as conn:
+                conn.execute(task_labels.update().where(task_labels.c.task_uuid == made[0]).values(value="p1"))
+                conn.execute(tasks.update().where(tasks.c.task_uuid == made[1]).values(status="error", cost=None))
+                conn.execute(tasks.delete().where(tasks.c.task_uuid == made[2]))
+        finally:
+            upgrade(database_url)
+        assert_exact(engine, [Window()])
     finally:
         engine.dispose()
 
