@@ -394,53 +394,51 @@ def test_the_label_filter_pages_alike_walking_the_list_or_looking_the_tasks_up(c
         assert sorted(seen) == sorted(t for t, v in made.items() if v == value)
 
 
-def test_a_rare_label_is_looked_up_by_task_not_walked_for(tmp_path):
-    """SQLite's plan (PostgreSQL's follows its statistics: on a table this small any plan is cheap), on a store of
-    its own: the choice weighs the label's tasks against the table's highest rowid, which other tests move."""
+def sqlite_plan(tmp_path, read, chosen) -> tuple:
+    """On a SQLite store of its own (3 values of projectId): what `read(conn)` returns, and SQLite's plan of the
+    statement `chosen(statements)` picks among those it ran, as (statement, parameters)."""
     url = f"sqlite:///{tmp_path / 'labels.db'}"
     upgrade(url)
     engine = sa.create_engine(url)
     seed(engine, 3)
-    read: list[tuple] = []
+    statements: list[tuple] = []
 
     def log(conn, cursor, statement, parameters, *_):
-        read.append((statement, parameters))
+        statements.append((statement, parameters))
 
     sa.event.listen(engine, "before_cursor_execute", log)
-    with engine.connect() as conn:
-        page, _ = list_tasks(conn, labels={"projectId": "proj_02"}, statuses=("success",),
-                             after=(START + timedelta(days=9), "f"), limit=2)
-        # the page: the statement that reads the tasks' rows (before it, the label's size and tasks; after it,
-        # what the rows carry: their labels and thumbnails)
-        statement, parameters = next((s, p) for s, p in read if s.startswith("SELECT tasks.task_uuid,"))
+    try:
+        with engine.connect() as conn:
+            answer = read(conn)
+    finally:
         sa.event.remove(engine, "before_cursor_execute", log)
-    assert len(page) == 2
+    statement, parameters = chosen(statements)
     with engine.connect() as conn:
         plan = " ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters))
     engine.dispose()
+    return answer, plan
+
+
+def test_a_rare_label_is_looked_up_by_task_not_walked_for(tmp_path):
+    """SQLite's plan (PostgreSQL's follows its statistics: on a table this small any plan is cheap), on a store of
+    its own: the choice weighs the label's tasks against the table's highest rowid, which other tests move."""
+    (page, _), plan = sqlite_plan(
+        tmp_path, lambda conn: list_tasks(conn, labels={"projectId": "proj_02"}, statuses=("success",),
+                                          after=(START + timedelta(days=9), "f"), limit=2),
+        # the page: the statement that reads the tasks' rows (before it, the label's size and tasks; after it,
+        # what the rows carry: their labels and thumbnails)
+        lambda read: next((s, p) for s, p in read if s.startswith("SELECT tasks.task_uuid,")))
+    assert len(page) == 2
     assert "SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (task_uuid=?)" in plan, plan
 
 
 def test_a_windows_partial_hours_are_read_by_task_time_not_by_key(tmp_path):
     """SQLite's plan, on a store of its own: the base rows of a window's partial hours are the tasks created (or
     finished) in those hours, found through their time index, not every label of the key."""
-    url = f"sqlite:///{tmp_path / 'labels.db'}"
-    upgrade(url)
-    engine = sa.create_engine(url)
-    seed(engine, 3)
-    read: list[tuple] = []
-
-    def log(conn, cursor, statement, parameters, *_):
-        read.append((statement, parameters))
-
-    sa.event.listen(engine, "before_cursor_execute", log)
-    with engine.connect() as conn:
-        window = Window(START + timedelta(minutes=10), START + timedelta(hours=5, minutes=10))
-        assert labels.grouping(conn, "projectId", window).distinct == 3
-        sa.event.remove(engine, "before_cursor_execute", log)
-        [(statement, parameters)] = read
-        plan = " ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters))
-    engine.dispose()
+    window = Window(START + timedelta(minutes=10), START + timedelta(hours=5, minutes=10))
+    grouping, plan = sqlite_plan(tmp_path, lambda conn: labels.grouping(conn, "projectId", window),
+                                 lambda read: read[0] if len(read) == 1 else pytest.fail(f"{len(read)} statements"))
+    assert grouping.distinct == 3
     assert "ix_tasks_created (created_at>? AND created_at<?)" in plan, plan
     assert "ix_tasks_result (result_at>? AND result_at<?)" in plan, plan
     assert "ix_task_labels_key_value" not in plan, plan
