@@ -197,7 +197,7 @@ def stats():
         outcomes, stored_latency = stats_from.delivery_totals(conn, window)
         dead, dead_pending = stats_from.dead_letter_counts(conn, window)
         waiting = stats_from.waiting_tasks(conn)
-        groups = labels_from.groups(conn, group_by, window) if group_by is not None else None
+        grouping = labels_from.grouping(conn, group_by, window) if group_by is not None else None
         lag = replica_lag(conn)
     oldest = None
     if waiting.oldest_uuid is not None:
@@ -205,16 +205,14 @@ def stats():
         oldest = {"taskUUID": waiting.oldest_uuid, "submittedAt": _iso(waiting.oldest_submitted_at),
                   "ageSeconds": round(age, 3) if age is not None else None}
     grouped = {}
-    if groups is not None:
-        shown, other = labels_from.top(groups)
+    if grouping is not None:
         # Each task has one value of the key at most: what the values do not hold has no such label.
         unlabeled = labels_from.Group(None, dict(created.by_status), results.successes,
                                       sum(d.errors for d in results.days), labels_from.units(results.spend))
-        for group in groups:
-            unlabeled.subtract(group)
-        grouped = {"groups": {"key": group_by, "values": [group_json(g) for g in shown],
-                              "other": group_json(other) if other else None, "distinctValues": len(groups),
-                              "unlabeled": group_json(unlabeled)}}
+        unlabeled.subtract(grouping.total)
+        grouped = {"groups": {"key": group_by, "values": [group_json(g) for g in grouping.values],
+                              "other": group_json(grouping.other) if grouping.other else None,
+                              "distinctValues": grouping.distinct, "unlabeled": group_json(unlabeled)}}
     return jsonify(
         window={"since": _iso(window.since), "until": _iso(window.until)},
         generatedAt=now.isoformat(),

@@ -6,7 +6,11 @@ Groups come from the aggregates `label_task_hours` and `label_result_hours`
 and their day rollups `label_task_days` and `label_result_days`: the rollups
 for a window's whole days, the hourly tables for its other whole hours and the
 base rows for its partial hours, as store/stats.py does for the totals (with
-`combined`), so they equal a scan exactly.
+`combined`), so they equal a scan exactly; over all time they come from
+`label_totals`, one row per value. The values are summed and ranked in
+the database, which returns only the first few, with how many values there are
+and the sum of them all: a key with very many values costs no more in Python
+than one with few.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from store.queries import Window
 from store.schema import STATUSES
 from store.schema import label_result_hours
 from store.schema import label_task_hours
+from store.schema import label_totals
 from store.schema import label_values
 from store.schema import task_labels
 from store.schema import tasks
@@ -72,55 +77,98 @@ def units(amount: Decimal) -> int:
     return int(amount.scaleb(COST_SCALE))
 
 
-def _rows(window: Window, hourly: sa.Table, time: sa.Column, facts: dict, key: str, *where) -> sa.Subquery:
+def _rows(window: Window, hourly: sa.Table, time: sa.Column, facts: dict, key: str, dialect: str, *where,
+          name: str) -> sa.Subquery:
     """Rows (value, status, measures) of `key` from the aggregate `hourly` and its day rollup for the window's
-    whole days and hours, UNION ALL the base rows (`facts` per task and label) of its partial hours."""
+    whole days and hours, UNION ALL the base rows (`facts` per task and label, in the CTE `name`) of its partial
+    hours. On SQLite the base rows' key is matched as an expression: without statistics SQLite would read every
+    label of the key through `ix_task_labels_key_value`, not the partial hours' tasks through their time index."""
     label = task_labels.c
+    labelled = sa.cast(label.key, sa.Text) if dialect == "sqlite" else label.key
     return combined(window, hourly, lambda a, _: [a.value, a.status, *(a[name] for name in facts)], time,
                     {"value": label.value, "status": tasks.c.status, **facts},
                     lambda c: [c.value, c.status, *(c[name] for name in facts)],
-                    label.task_uuid == tasks.c.task_uuid, label.key == key, *where,
-                    kept=lambda a: [a.key == key])
+                    label.task_uuid == tasks.c.task_uuid, labelled == key, *where,
+                    kept=lambda a: [a.key == key], name=name)
 
 
-def groups(conn: sa.Connection, key: str, window: Window = Window()) -> list[Group]:
-    """Every value of `key`: tasks created in `window` by status, and those finished in it with their spend.
+MEASURES = (*STATUSES, "successes", "errors", "cost_units")
+"""A group's figures, one column each in the ranking query: tasks created by status, finished, the spend."""
 
-    Largest first (tasks created, then tasks finished, then the value).
-    """
+
+@dataclass
+class Grouping:
+    """A key's values in a window: the first ones (ranked), the sum of the rest, how many, the sum of all."""
+
+    values: list[Group]
+    other: Group | None
+    distinct: int
+    total: Group
+
+
+def _per_value(conn: sa.Connection, key: str, window: Window) -> sa.Subquery:
+    """One row per value of `key` with tasks created or finished in `window`: its MEASURES, `tasks` and
+    `finished`; over all time from `label_totals`, one row per value."""
+    if window.since is None and window.until is None:
+        v = label_totals.c
+        created_tasks = sum((v[s] for s in STATUSES[1:]), v[STATUSES[0]])
+        finished_tasks = v.successes + v.errors
+        return (sa.select(v.value, *(v[m] for m in MEASURES), created_tasks.label("tasks"),
+                          finished_tasks.label("finished"))
+                .where(v.key == key, sa.or_(created_tasks > 0, finished_tasks > 0)).subquery("per_value"))
     dialect = conn.dialect.name
     t = tasks.c
-    found: dict[str, Group] = {}
-    created = _rows(window, label_task_hours, t.created_at, {"tasks": sa.literal(1, sa.BigInteger)}, key)
-    query = sa.select(created.c.value, created.c.status, sa.cast(sa.func.sum(created.c.tasks), sa.BigInteger))
-    for value, status, count in conn.execute(query.group_by(created.c.value, created.c.status)):
-        if count:
-            group = found.setdefault(value, Group(value))
-            group.by_status[status] += count
+    created = _rows(window, label_task_hours, t.created_at, {"tasks": sa.literal(1, sa.BigInteger)}, key, dialect,
+                    name="created_edges").c
     finished = _rows(window, label_result_hours, t.result_at,
                      {"tasks": sa.literal(1, sa.BigInteger), "cost_units": cost_units(t.cost, dialect)},
-                     key, final(t.status, dialect), t.result_at.is_not(None))
-    c = finished.c
-    query = sa.select(c.value, c.status, *(sa.cast(sa.func.sum(x), sa.BigInteger) for x in (c.tasks, c.cost_units)))
-    for value, status, count, units in conn.execute(query.group_by(c.value, c.status)):
-        if count:
-            group = found.setdefault(value, Group(value))
-            if status == "success":
-                group.successes += count
-                group.cost_units += units
-            else:
-                group.errors += count
-    return sorted(found.values(), key=lambda g: (-g.tasks, -(g.successes + g.errors), g.value))
+                     key, dialect, final(t.status, dialect), t.result_at.is_not(None), name="finished_edges").c
+    zero = sa.literal(0, sa.BigInteger)
+    success = finished.status == "success"
+    rows = sa.union_all(
+        sa.select(created.value, *(sa.case((created.status == s, created.tasks), else_=zero).label(s)
+                                   for s in STATUSES), zero.label("successes"), zero.label("errors"),
+                  zero.label("cost_units")),
+        sa.select(finished.value, *(zero.label(s) for s in STATUSES),
+                  sa.case((success, finished.tasks), else_=zero), sa.case((success, zero), else_=finished.tasks),
+                  sa.case((success, finished.cost_units), else_=zero)),
+    ).subquery("facts")
+    sums = {m: sa.cast(sa.func.sum(rows.c[m]), sa.BigInteger) for m in MEASURES}
+    created_tasks = sum((sums[s] for s in STATUSES[1:]), sums[STATUSES[0]])
+    finished_tasks = sums["successes"] + sums["errors"]
+    return (sa.select(rows.c.value, *(sum_.label(m) for m, sum_ in sums.items()),
+                      created_tasks.label("tasks"), finished_tasks.label("finished"))
+            .group_by(rows.c.value).having(sa.or_(created_tasks > 0, finished_tasks > 0)).subquery("per_value"))
 
 
-def top(all_groups: list[Group], limit: int = TOP_GROUPS) -> tuple[list[Group], Group | None]:
-    """The first `limit` groups and the sum of the rest as `other` (None when there is no rest)."""
-    if len(all_groups) <= limit:
-        return all_groups, None
-    other = Group(None)
-    for group in all_groups[limit:]:
-        other.add(group)
-    return all_groups[:limit], other
+def _group(value: str | None, figures) -> Group:
+    """A group from its MEASURES, in that order."""
+    return Group(value, dict(zip(STATUSES, figures[:len(STATUSES)], strict=True)), *figures[len(STATUSES):])
+
+
+def grouping(conn: sa.Connection, key: str, window: Window = Window(), limit: int = TOP_GROUPS) -> Grouping:
+    """The values of `key` in `window`: tasks created in it by status, and those finished in it with their spend.
+
+    Ranked largest first (tasks created, then tasks finished, then the value by code point) in the database,
+    which returns the first `limit` values, each with how many values there are and the sum of them all.
+    """
+    per = _per_value(conn, key, window)
+    value = per.c.value.collate("C") if conn.dialect.name == "postgresql" else per.c.value
+    every = [sa.func.count().over(), *(sa.cast(sa.func.sum(per.c[m]).over(), sa.BigInteger) for m in MEASURES)]
+    rows = conn.execute(sa.select(per.c.value, *(per.c[m] for m in MEASURES), *every)
+                        .order_by(per.c.tasks.desc(), per.c.finished.desc(), value).limit(limit)).all()
+    if not rows:
+        return Grouping([], None, 0, Group(None))
+    width = len(MEASURES)
+    values = [_group(row[0], row[1:1 + width]) for row in rows]
+    distinct, total = rows[0][1 + width], _group(None, rows[0][2 + width:])
+    other = None
+    if distinct > len(values):
+        other = Group(None)
+        other.add(total)
+        for shown in values:
+            other.subtract(shown)
+    return Grouping(values, other, distinct, total)
 
 
 # -- keys ---------------------------------------------------------------------------------------------

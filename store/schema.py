@@ -260,10 +260,25 @@ label_values = sa.Table(
 label_task_days = _days(label_task_hours, "label_task_days")
 label_result_days = _days(label_result_hours, "label_result_days")
 
+label_totals = sa.Table(
+    "label_totals",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(256), primary_key=True),
+    *(sa.Column(status, sa.BigInteger, nullable=False, server_default="0", comment=f"tasks {status}")
+      for status in STATUSES),
+    sa.Column("successes", sa.BigInteger, nullable=False, server_default="0", comment="tasks finished a success"),
+    sa.Column("errors", sa.BigInteger, nullable=False, server_default="0", comment="tasks finished an error"),
+    sa.Column("cost_units", sa.BigInteger, nullable=False, server_default="0",
+              comment="the successes' cost in units of 1e-10 USD"),
+)
+"""Per label, all time: the sums of `label_task_days` by status and of `label_result_days` (revision 0015)."""
+
 DAYS = {task_hours: task_days, result_hours: result_days, delivery_hours: delivery_days,
         label_task_hours: label_task_days, label_result_hours: label_result_days}
 """Each hourly aggregate and its day rollup, kept by triggers on the hourly table."""
 
 AGGREGATES = (task_hours, result_hours, delivery_hours, task_days, result_days, delivery_days,
-              label_task_hours, label_result_hours, label_task_days, label_result_days, label_values)
-"""The aggregate tables: emptied after the base tables (hours before days), never written by application code."""
+              label_task_hours, label_result_hours, label_task_days, label_result_days, label_values, label_totals)
+"""The aggregate tables: emptied after the base tables (hours before days before totals), never written by
+application code."""

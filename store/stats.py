@@ -192,14 +192,15 @@ def split(window: Window) -> Parts:
 
 
 def combined(window: Window, hourly: sa.Table, whole, base_time: sa.Column, facts: dict, edge,
-             *where: sa.ColumnElement, kept=lambda columns: ()) -> sa.Subquery:
+             *where: sa.ColumnElement, kept=lambda columns: (), name: str = "edge_rows") -> sa.Subquery:
     """Rows of the day rollup of `hourly` for the whole days of `window`, of `hourly` for its other whole hours,
     UNION ALL the base rows of its edges.
 
     `whole(columns, time)` gives the columns to read from an aggregate table and
     `kept(columns)` the conditions its rows must meet (none: all);
     `facts` (name: expression) what to compute once per base row at the edges
-    (those meeting `where`), in a materialized CTE, and `edge(columns)` the row's columns from those.
+    (those meeting `where`), in a materialized CTE called `name` (one statement reading two of these
+    names each its own), and `edge(columns)` the row's columns from those.
     """
     parts, daily = split(window), DAYS[hourly]
     selects = []
@@ -211,7 +212,7 @@ def combined(window: Window, hourly: sa.Table, whole, base_time: sa.Column, fact
     if parts.edges:
         rows = (sa.select(*(expression.label(name) for name, expression in facts.items()))
                 .where(*where, sa.or_(*(sa.and_(*part.covers(base_time)) for part in parts.edges)))
-                .cte("edge_rows").prefix_with("MATERIALIZED"))
+                .cte(name).prefix_with("MATERIALIZED"))
         selects.append(sa.select(*edge(rows.c)))
     return sa.union_all(*selects).subquery("rows")
 

@@ -4,7 +4,7 @@ Random writes go through the service's own write paths (submissions with
 labels, webhook batches with labels, polls), in random order, plus changes in
 plain SQL (a label's value, a task deleted), so the label aggregates' triggers
 on both tables see inserts, upserts, updates and deletes. Then, for random
-windows, `store.labels.groups` is compared with the same figures computed
+windows, `store.labels.grouping` is compared with the same figures computed
 here, in Python, from every row; so are the keys, the label filter of the list
 and the `spend_by_label` view.
 """
@@ -38,6 +38,9 @@ from store.results import save_deliveries
 from store.schema import DAYS
 from store.schema import FINAL_STATUSES
 from store.schema import STATUSES
+from store.schema import label_result_days
+from store.schema import label_task_days
+from store.schema import label_totals
 from store.schema import task_labels
 from store.schema import tasks
 from store.submissions import NewTask
@@ -109,14 +112,34 @@ def scan(engine: sa.Engine, key: str, window: Window) -> dict:
     return {v: (+c, ok, bad, spend) for v, (c, ok, bad, spend) in found.items() if c or ok or bad}
 
 
-def from_aggregates(engine: sa.Engine, key: str, window: Window) -> dict:
+def figures(group: labels.Group) -> tuple:
+    return +Counter(group.by_status), group.successes, group.errors, group.spend
+
+
+def summed(found: list[tuple]) -> tuple:
+    return (sum((f[0] for f in found), Counter()), sum(f[1] for f in found), sum(f[2] for f in found),
+            sum((f[3] for f in found), Decimal(0)))
+
+
+def assert_grouped(engine: sa.Engine, key: str, window: Window) -> None:
+    """Every value, ranked as the API ranks them (tasks, then finished tasks, then the value), the first two
+    with the rest summed as `other`, and the sum of all, as a scan finds them."""
+    expected = scan(engine, key, window)
+    ranked = sorted(expected, key=lambda v: (-sum(expected[v][0].values()), -expected[v][1] - expected[v][2], v))
     with engine.connect() as conn:
-        groups = labels.groups(conn, key, window)
-    return {g.value: (+Counter(g.by_status), g.successes, g.errors, g.spend) for g in groups}
+        every = labels.grouping(conn, key, window, limit=len(expected) + 1)
+        first = labels.grouping(conn, key, window, limit=2)
+    assert [(g.value, figures(g)) for g in every.values] == [(v, expected[v]) for v in ranked]
+    assert [(g.value, figures(g)) for g in first.values] == [(v, expected[v]) for v in ranked[:2]]
+    assert every.other is None and every.distinct == first.distinct == len(ranked)
+    rest = [expected[v] for v in ranked[2:]]
+    assert (figures(first.other) if first.other else None) == (summed(rest) if rest else None)
+    assert figures(every.total) == figures(first.total) == summed(list(expected.values()))
 
 
 def assert_rolled_up(engine: sa.Engine) -> None:
-    """No label outlives its task, and each day rollup holds the sums of its hourly table's rows of that day."""
+    """No label outlives its task, each day rollup holds the sums of its hourly table's rows of that day, and
+    `label_totals` those of the day rollups' rows of each label."""
     with engine.connect() as conn:
         assert not conn.execute(sa.select(task_labels).where(~sa.exists().where(
             tasks.c.task_uuid == task_labels.c.task_uuid))).all()
@@ -132,13 +155,23 @@ def assert_rolled_up(engine: sa.Engine) -> None:
             rolled = {(r["key"], r["day"], r["value"], r["status"]): +Counter({m: r[m] for m in measures})
                       for r in conn.execute(sa.select(daily)).mappings()}
             assert {k: v for k, v in rolled.items() if v} == {k: +v for k, v in sums.items() if +v}, daily.name
+        totals: dict[tuple, Counter] = {}
+        for row in conn.execute(sa.select(label_task_days)):
+            totals.setdefault((row.key, row.value), Counter())[row.status] += row.tasks
+        for row in conn.execute(sa.select(label_result_days)):
+            success = row.status == "success"
+            totals.setdefault((row.key, row.value), Counter()).update(
+                {"successes" if success else "errors": row.tasks, "cost_units": row.cost_units if success else 0})
+        kept = {(r["key"], r["value"]): +Counter({m: r[m] for m in labels.MEASURES})
+                for r in conn.execute(sa.select(label_totals)).mappings()}
+        assert {k: v for k, v in kept.items() if v} == {k: +v for k, v in totals.items() if +v}
 
 
 def assert_exact(engine: sa.Engine, chosen: list[Window]) -> None:
     assert_rolled_up(engine)
     for key in KEYS:
         for window in chosen:
-            assert from_aggregates(engine, key, window) == scan(engine, key, window), (key, window)
+            assert_grouped(engine, key, window)
     with engine.connect() as conn:
         rows = conn.execute(sa.select(task_labels.c.key, task_labels.c.value)).all()
         keys = labels.keys(conn, per_key=2)
@@ -296,9 +329,9 @@ def test_whole_days_are_read_from_the_day_rollups(engine):
         with engine.connect() as conn:
             for window in (Window(midnight, midnight + timedelta(days=2)), Window(START, START + timedelta(hours=3))):
                 read.clear()
-                by_value = {g.value: g.successes for g in labels.groups(conn, "projectId", window)}
+                by_value = {g.value: g.successes for g in labels.grouping(conn, "projectId", window).values}
                 assert by_value == {"proj_00": 1, "proj_01": 2, "proj_02": 3}
-                days = "label_task_days" in read[0] and "label_result_days" in read[1]
+                days = "label_task_days" in read[0] and "label_result_days" in read[0]
                 assert days == (window.until - window.since >= timedelta(days=1)), window  # START may be a midnight
     finally:
         sa.event.remove(engine, "before_cursor_execute", log)
@@ -326,6 +359,25 @@ def test_the_migration_rolls_up_an_existing_stores_labels_and_drops_orphans(data
         engine.dispose()
 
 
+def test_the_migration_totals_an_existing_stores_labels(database_url):
+    """A store labelled before revision 0015, its labels and results changed there, upgraded: all time is read from
+    `label_totals`, which holds what the day rollups hold."""
+    engine = sa.create_engine(database_url)
+    try:
+        downgrade(database_url, "0013")
+        try:
+            made = list(seed(engine, 4))
+            with engine.begin() as conn:
+                conn.execute(task_labels.update().where(task_labels.c.task_uuid == made[0]).values(value="p1"))
+                conn.execute(tasks.update().where(tasks.c.task_uuid == made[1]).values(status="error", cost=None))
+                conn.execute(tasks.delete().where(tasks.c.task_uuid == made[2]))
+        finally:
+            upgrade(database_url)
+        assert_exact(engine, [Window()])
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize("first", [0, 10**9])
 def test_the_label_filter_pages_alike_walking_the_list_or_looking_the_tasks_up(client, engine, monkeypatch, first):
     monkeypatch.setattr(queries, "LABEL_FIRST", first)
@@ -342,28 +394,51 @@ def test_the_label_filter_pages_alike_walking_the_list_or_looking_the_tasks_up(c
         assert sorted(seen) == sorted(t for t, v in made.items() if v == value)
 
 
-def test_a_rare_label_is_looked_up_by_task_not_walked_for(tmp_path):
-    """SQLite's plan (PostgreSQL's follows its statistics: on a table this small any plan is cheap), on a store of
-    its own: the choice weighs the label's tasks against the table's highest rowid, which other tests move."""
+def sqlite_plan(tmp_path, read, chosen) -> tuple:
+    """On a SQLite store of its own (3 values of projectId): what `read(conn)` returns, and SQLite's plan of the
+    statement `chosen(statements)` picks among those it ran, as (statement, parameters)."""
     url = f"sqlite:///{tmp_path / 'labels.db'}"
     upgrade(url)
     engine = sa.create_engine(url)
     seed(engine, 3)
-    read: list[tuple] = []
+    statements: list[tuple] = []
 
     def log(conn, cursor, statement, parameters, *_):
-        read.append((statement, parameters))
+        statements.append((statement, parameters))
 
     sa.event.listen(engine, "before_cursor_execute", log)
-    with engine.connect() as conn:
-        page, _ = list_tasks(conn, labels={"projectId": "proj_02"}, statuses=("success",),
-                             after=(START + timedelta(days=9), "f"), limit=2)
-        # the page: the statement that reads the tasks' rows (before it, the label's size and tasks; after it,
-        # what the rows carry: their labels and thumbnails)
-        statement, parameters = next((s, p) for s, p in read if s.startswith("SELECT tasks.task_uuid,"))
+    try:
+        with engine.connect() as conn:
+            answer = read(conn)
+    finally:
         sa.event.remove(engine, "before_cursor_execute", log)
-    assert len(page) == 2
+    statement, parameters = chosen(statements)
     with engine.connect() as conn:
         plan = " ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters))
     engine.dispose()
+    return answer, plan
+
+
+def test_a_rare_label_is_looked_up_by_task_not_walked_for(tmp_path):
+    """SQLite's plan (PostgreSQL's follows its statistics: on a table this small any plan is cheap), on a store of
+    its own: the choice weighs the label's tasks against the table's highest rowid, which other tests move."""
+    (page, _), plan = sqlite_plan(
+        tmp_path, lambda conn: list_tasks(conn, labels={"projectId": "proj_02"}, statuses=("success",),
+                                          after=(START + timedelta(days=9), "f"), limit=2),
+        # the page: the statement that reads the tasks' rows (before it, the label's size and tasks; after it,
+        # what the rows carry: their labels and thumbnails)
+        lambda read: next((s, p) for s, p in read if s.startswith("SELECT tasks.task_uuid,")))
+    assert len(page) == 2
     assert "SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (task_uuid=?)" in plan, plan
+
+
+def test_a_windows_partial_hours_are_read_by_task_time_not_by_key(tmp_path):
+    """SQLite's plan, on a store of its own: the base rows of a window's partial hours are the tasks created (or
+    finished) in those hours, found through their time index, not every label of the key."""
+    window = Window(START + timedelta(minutes=10), START + timedelta(hours=5, minutes=10))
+    grouping, plan = sqlite_plan(tmp_path, lambda conn: labels.grouping(conn, "projectId", window),
+                                 lambda read: read[0] if len(read) == 1 else pytest.fail(f"{len(read)} statements"))
+    assert grouping.distinct == 3
+    assert "ix_tasks_created (created_at>? AND created_at<?)" in plan, plan
+    assert "ix_tasks_result (result_at>? AND result_at<?)" in plan, plan
+    assert "ix_task_labels_key_value" not in plan, plan
