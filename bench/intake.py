@@ -345,7 +345,7 @@ def in_process(ctx: Context, n: int = 2000, group: int = 4) -> dict:
     import io
 
     from bench.common import CAPTIONS
-    from bench.common import webhook_body
+    from bench.traffic import webhook_body
     from store.schema import utcnow
     from workers.queues import DELIVERY_STREAM
     from workers.queues import add_deliveries
