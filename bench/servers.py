@@ -153,11 +153,16 @@ class Gunicorn:
             [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", self.app],
             cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        wait_until(self._answers, 60, f"gunicorn ({self.app}) to answer /healthz", interval=0.1, error=self.error)
-        expected = int(self.env.get("WEB_CONCURRENCY") or 0)
-        if expected:
-            wait_until(lambda: len(self.worker_pids()) >= expected, 30, "every gunicorn worker to boot",
+        try:
+            wait_until(self._answers, 60, f"gunicorn ({self.app}) to answer /healthz", interval=0.1,
                        error=self.error)
+            expected = int(self.env.get("WEB_CONCURRENCY") or 0)
+            if expected:
+                wait_until(lambda: len(self.worker_pids()) >= expected, 60, "every gunicorn worker to boot",
+                           error=self.error)
+        except BaseException:
+            self.stop()  # a server that did not start leaves no process and no open log behind
+            raise
         return self
 
     def _answers(self) -> bool:
