@@ -34,6 +34,7 @@ from receiver.params import ParamError
 from receiver.params import Params
 from receiver.params import encode_cursor
 from receiver.state import engine
+from receiver.state import settings
 from store import history
 from store import labels as labels_from
 from store import queries
@@ -198,7 +199,7 @@ def stats():
         dead, dead_pending = stats_from.dead_letter_counts(conn, window)
         waiting = stats_from.waiting_tasks(conn)
         grouping = labels_from.grouping(conn, group_by, window) if group_by is not None else None
-        lag = replica_lag(conn)
+        lag = replica_lag(conn) if settings().database_read_url else None
     oldest = None
     if waiting.oldest_uuid is not None:
         age = (now - waiting.oldest_submitted_at).total_seconds() if waiting.oldest_submitted_at else None

@@ -138,8 +138,10 @@ class ServiceCollector:
     def store_metrics(self, up: GaugeMetricFamily):
         try:
             spend = _spend.get(self.db)
-            with self.db.connect() as conn:
-                lag = replica_lag(conn)
+            lag = None
+            if settings().database_read_url:
+                with self.db.connect() as conn:
+                    lag = replica_lag(conn)
         except sa.exc.SQLAlchemyError as exc:
             log.warning("metrics: database unavailable: %s", type(exc).__name__)
             up.add_metric(["database"], 0)

@@ -19,9 +19,8 @@ Behind a pooler in transaction pooling (PgBouncer's `pool_mode = transaction`,
 on another server connection, so nothing may live in a session: the readers'
 `statement_timeout` is set in each transaction (`set_config(..., true)`, as
 `SET LOCAL` sets it; PgBouncer refuses the `options` startup parameter), and
-psycopg prepares no statement on the
-server (`prepare_threshold=None`: another client's transaction would find it, or
-not find its own). The write path's staging table is created, if missing, in
+psycopg prepares no statement on the server (`prepare_threshold=None`: another
+client's transaction would find it, or not find its own). The write path's staging table is created, if missing, in
 the transaction that uses it, and emptied at its commit (store/results.py).
 
 Either way the caller gets `ReadTimeout`, which the receiver answers with 503
