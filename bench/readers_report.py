@@ -184,9 +184,10 @@ def markdown(results: dict) -> str:
         f"Run {results['started_at']} on {machine['cores']} cores ({machine.get('cpu')}), commit "
         f"{machine.get('commit')}, load average at start {machine['load_average_at_start']}; "
         f"{results['elapsed_s']:,.0f} s in all. `python -m bench.readers` (bench/README.md).", "",
-        f"Each query {settings['runs']} times (at most {settings['query_budget_s']:g} s per query), over HTTP "
-        f"through gunicorn; median / p95 of the runs answered 200. List pages: the first, and the page reached by "
-        f"following `nextCursor` {settings['later_page']} times. Verdicts on the median at the largest size.", "",
+        f"Each query {settings['runs']} times after one untimed run (at most {settings['query_budget_s']:g} s per "
+        f"query), over HTTP through gunicorn; median / p95 of the runs answered 200. List pages: the first, and the "
+        f"page reached by following `nextCursor` {settings['later_page']} times. Verdicts on the median at the "
+        f"largest size.", "",
         "## Seeding (through store.results.save_deliveries)", "", *_seeding_rows(results), "",
         "## Queries", "",
     ]

@@ -64,7 +64,7 @@ def window(params: Params, bucket: str, now: datetime) -> tuple[datetime, dateti
 
 
 def _latency(histogram: list[int]) -> dict:
-    points = {f"p{round(q * 100)}": series_from.percentile(histogram, q) for q in series_from.PERCENTILES}
+    points = {f"p{round(q * 100)}": bound for q, bound in series_from.percentiles(histogram).items()}
     return {"count": sum(histogram), **points, "histogram": histogram}
 
 

@@ -14,15 +14,18 @@ latencies would put the same percentile in.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
 from datetime import timedelta
 from decimal import ROUND_HALF_EVEN
 from decimal import Decimal
+from itertools import accumulate
 
 import sqlalchemy as sa
 
+from store.queries import Window
 from store.schema import DAYS
 from store.schema import LATENCY_BOUNDS
 from store.schema import NO_LATENCY
@@ -32,6 +35,7 @@ from store.schema import result_hours
 from store.schema import task_hours
 from store.stats import COST_QUANTUM
 from store.stats import COST_SCALE
+from store.stats import split
 
 BUCKETS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 """The bucket sizes a series takes, by name."""
@@ -92,60 +96,89 @@ class Series:
     by_model: dict[str, Figures]
 
 
-def percentile(histogram: list[int], q: float) -> float | None:
-    """The upper bound (seconds) of the histogram bucket holding the nearest-rank `q` percentile; None when the
-    histogram is empty or the rank lies past the last bound."""
-    count = sum(histogram)
+def percentiles(histogram: list[int]) -> dict[float, float | None]:
+    """For each of PERCENTILES, the upper bound (seconds) of the histogram bucket holding its nearest rank; None
+    when the histogram is empty or the rank lies past the last bound."""
+    seen = list(accumulate(histogram))
+    count = seen[-1]
     if not count:
-        return None
-    rank, seen = math.ceil(q * count), 0
-    for n, bound in enumerate(LATENCY_BOUNDS):
-        seen += histogram[n]
-        if seen >= rank:
-            return bound
-    return None
+        return dict.fromkeys(PERCENTILES)
+    found = {}
+    for q in PERCENTILES:
+        at = bisect_left(seen, math.ceil(q * count))
+        found[q] = LATENCY_BOUNDS[at] if at < len(LATENCY_BOUNDS) else None
+    return found
 
 
-def _table(hourly: sa.Table, bucket: str) -> tuple[sa.Table, sa.Column]:
-    table = hourly if bucket == "hour" else DAYS[hourly]
-    return table, table.c.hour if bucket == "hour" else table.c.day
+def _whole_hours(hourly: sa.Table, since: datetime, until: datetime) -> list[tuple[sa.Table, datetime, datetime]]:
+    """A window of whole hours as (table, start, end) reads: `hourly`'s day rollup for its whole UTC days,
+    `hourly` for the hours before and after them."""
+    parts = split(Window(since, until))
+    reads = [(hourly, hours.since, hours.until) for hours in parts.hours]
+    if parts.days is not None:
+        reads.append((DAYS[hourly], parts.days.since, parts.days.until))
+    return reads
+
+
+def _sums(conn: sa.Connection, reads: list[tuple[sa.Table, datetime, datetime]], keys: tuple[str, ...],
+          measures: tuple[str, ...], per_time: bool):
+    """Rows of ([time,] *keys, *sums of measures) over `reads` ((table, start, end)), grouped in SQL; rows whose
+    sums are all zero (aggregate rows back at zero) are left out."""
+    selects = []
+    for table, start, end in reads:
+        time = table.c.day if "day" in table.c else table.c.hour
+        columns = ((time.label("t"),) if per_time else ()) + tuple(table.c[k] for k in keys)
+        selects.append(sa.select(*columns, *(table.c[m] for m in measures)).where(time >= start, time < end))
+    rows = (selects[0] if len(selects) == 1 else sa.union_all(*selects)).subquery("rows")
+    grouped = ((rows.c.t,) if per_time else ()) + tuple(rows.c[k] for k in keys)
+    query = sa.select(*grouped, *(sa.cast(sa.func.sum(rows.c[m]), sa.BigInteger) for m in measures)) \
+        .group_by(*grouped)
+    width = len(grouped)
+    for row in conn.execute(query):
+        if any(row[width:]):
+            yield row
+
+
+def _add_results(target: Figures, status: str, latency: int, count: int, units: int) -> None:
+    if status == "success":
+        target.successes += count
+        target.cost_units += units
+    else:
+        target.errors += count
+    if latency != NO_LATENCY:
+        target.to_result[latency] += count
 
 
 def series(conn: sa.Connection, bucket: str, since: datetime, until: datetime) -> Series:
-    """The figures of each `bucket` from `since` to `until` (both on bucket boundaries, `until` excluded)."""
+    """The figures of each `bucket` from `since` to `until` (both on bucket boundaries, `until` excluded).
+
+    Per bucket the aggregates are summed in SQL over everything but time, status and
+    latency; per model, over the window, from the day rollups for its whole days.
+    """
     step = BUCKETS[bucket]
     starts = [since + n * step for n in range((until - since) // step)]
     at = {start: n for n, start in enumerate(starts)}
     buckets = [Figures() for _ in starts]
+
+    def per_bucket(hourly: sa.Table) -> list[tuple[sa.Table, datetime, datetime]]:
+        return [(DAYS[hourly] if bucket == "day" else hourly, since, until)]
+
+    for start, status, count in _sums(conn, per_bucket(task_hours), ("status",), ("tasks",), True):
+        buckets[at[start]].by_status[status] += count
+    for start, status, latency, count, units in _sums(
+            conn, per_bucket(result_hours), ("status", "latency_bucket"), ("tasks", "cost_units"), True):
+        _add_results(buckets[at[start]], status, latency, count, units)
+    for start, latency, count in _sums(conn, per_bucket(delivery_hours), ("latency_bucket",), ("deliveries",), True):
+        buckets[at[start]].to_stored[latency] += count
+
     by_model: dict[str, Figures] = {}
-
-    def model(name: str) -> Figures:
-        return by_model.setdefault(name, Figures())
-
-    def read(hourly: sa.Table, keys: tuple[str, ...], measures: tuple[str, ...]):
-        table, time = _table(hourly, bucket)
-        sums = (sa.cast(sa.func.sum(table.c[m]), sa.BigInteger) for m in measures)
-        columns = (time, *(table.c[k] for k in keys))
-        query = sa.select(*columns, *sums).where(time >= since, time < until).group_by(*columns)
-        for start, *row in conn.execute(query):
-            if any(row[len(keys):]):  # an aggregate row back at zero counts nothing
-                yield buckets[at[start]], row
-
-    for figures, (status, name, count) in read(task_hours, ("status", "model"), ("tasks",)):
-        for target in (figures, model(name)):
-            target.by_status[status] += count
-    for figures, (status, name, latency, count, units) in read(
-            result_hours, ("status", "model", "latency_bucket"), ("tasks", "cost_units")):
-        for target in (figures, model(name)):
-            if status == "success":
-                target.successes += count
-                target.cost_units += units
-            else:
-                target.errors += count
-            if latency != NO_LATENCY:
-                target.to_result[latency] += count
-    for figures, (latency, count) in read(delivery_hours, ("latency_bucket",), ("deliveries",)):
-        figures.to_stored[latency] += count
+    for name, status, count in _sums(conn, _whole_hours(task_hours, since, until), ("model", "status"), ("tasks",),
+                                     False):
+        by_model.setdefault(name, Figures()).by_status[status] += count
+    for name, status, latency, count, units in _sums(conn, _whole_hours(result_hours, since, until),
+                                                     ("model", "status", "latency_bucket"), ("tasks", "cost_units"),
+                                                     False):
+        _add_results(by_model.setdefault(name, Figures()), status, latency, count, units)
     total = Figures()
     for figures in buckets:
         total.add(figures)
