@@ -28,7 +28,6 @@ import sqlalchemy as sa
 from store.queries import Window
 from store.schema import DAYS
 from store.schema import LATENCY_BOUNDS
-from store.schema import NO_LATENCY
 from store.schema import STATUSES
 from store.schema import delivery_hours
 from store.schema import result_hours
@@ -121,39 +120,51 @@ def _whole_hours(hourly: sa.Table, since: datetime, until: datetime) -> list[tup
 
 
 def _sums(conn: sa.Connection, reads: list[tuple[sa.Table, datetime, datetime]], keys: tuple[str, ...],
-          measures: tuple[str, ...], per_time: bool):
-    """Rows of ([time,] *keys, *sums of measures) over `reads` ((table, start, end)), grouped in SQL; rows whose
-    sums are all zero (aggregate rows back at zero) are left out."""
+          measures: tuple[str, ...], histogram_of: str | None, per_time: bool):
+    """Rows of ([time,] *keys, *sums of `measures`[, *the histogram]) over `reads` ((table, start, end)), summed
+    in SQL; the histogram is the sum of `histogram_of` in each latency bucket, one column per bucket, so that a
+    row comes back per key and not per key and bucket. Rows whose sums are all zero (aggregate rows back at
+    zero) are left out."""
     selects = []
     for table, start, end in reads:
         time = table.c.day if "day" in table.c else table.c.hour
         columns = ((time.label("t"),) if per_time else ()) + tuple(table.c[k] for k in keys)
-        selects.append(sa.select(*columns, *(table.c[m] for m in measures)).where(time >= start, time < end))
+        latency = (table.c.latency_bucket, table.c[histogram_of].label("counted")) if histogram_of else ()
+        selects.append(sa.select(*columns, *latency, *(table.c[m] for m in measures))
+                       .where(time >= start, time < end))
     rows = (selects[0] if len(selects) == 1 else sa.union_all(*selects)).subquery("rows")
     grouped = ((rows.c.t,) if per_time else ()) + tuple(rows.c[k] for k in keys)
-    query = sa.select(*grouped, *(sa.cast(sa.func.sum(rows.c[m]), sa.BigInteger) for m in measures)) \
-        .group_by(*grouped)
+    sums = [sa.func.sum(rows.c[m]) for m in measures]
+    if histogram_of:
+        sums += [sa.func.sum(sa.case((rows.c.latency_bucket == n, rows.c.counted), else_=0))
+                 for n in range(len(LATENCY_BOUNDS) + 1)]
+    query = sa.select(*grouped, *(sa.cast(total, sa.BigInteger) for total in sums)).group_by(*grouped)
     width = len(grouped)
     for row in conn.execute(query):
         if any(row[width:]):
-            yield row
+            yield row[:width], row[width:width + len(measures)], list(row[width + len(measures):])
 
 
-def _add_results(target: Figures, status: str, latency: int, count: int, units: int) -> None:
+def _add(histogram: list[int], other: list[int]) -> None:
+    for n, count in enumerate(other):
+        histogram[n] += count
+
+
+def _add_results(target: Figures, status: str, count: int, units: int, latencies: list[int]) -> None:
     if status == "success":
         target.successes += count
         target.cost_units += units
     else:
         target.errors += count
-    if latency != NO_LATENCY:
-        target.to_result[latency] += count
+    _add(target.to_result, latencies)
 
 
 def series(conn: sa.Connection, bucket: str, since: datetime, until: datetime) -> Series:
     """The figures of each `bucket` from `since` to `until` (both on bucket boundaries, `until` excluded).
 
-    Per bucket the aggregates are summed in SQL over everything but time, status and
-    latency; per model, over the window, from the day rollups for its whole days.
+    Per bucket the aggregates are summed in SQL over everything but time and
+    status, with the latency histograms pivoted into columns; per model, over the
+    window, from the day rollups for its whole days.
     """
     step = BUCKETS[bucket]
     starts = [since + n * step for n in range((until - since) // step)]
@@ -163,22 +174,22 @@ def series(conn: sa.Connection, bucket: str, since: datetime, until: datetime) -
     def per_bucket(hourly: sa.Table) -> list[tuple[sa.Table, datetime, datetime]]:
         return [(DAYS[hourly] if bucket == "day" else hourly, since, until)]
 
-    for start, status, count in _sums(conn, per_bucket(task_hours), ("status",), ("tasks",), True):
+    for (start, status), (count,), _ in _sums(conn, per_bucket(task_hours), ("status",), ("tasks",), None, True):
         buckets[at[start]].by_status[status] += count
-    for start, status, latency, count, units in _sums(
-            conn, per_bucket(result_hours), ("status", "latency_bucket"), ("tasks", "cost_units"), True):
-        _add_results(buckets[at[start]], status, latency, count, units)
-    for start, latency, count in _sums(conn, per_bucket(delivery_hours), ("latency_bucket",), ("deliveries",), True):
-        buckets[at[start]].to_stored[latency] += count
+    for (start, status), (count, units), latencies in _sums(
+            conn, per_bucket(result_hours), ("status",), ("tasks", "cost_units"), "tasks", True):
+        _add_results(buckets[at[start]], status, count, units, latencies)
+    for (start,), _, latencies in _sums(conn, per_bucket(delivery_hours), (), (), "deliveries", True):
+        _add(buckets[at[start]].to_stored, latencies)
 
     by_model: dict[str, Figures] = {}
-    for name, status, count in _sums(conn, _whole_hours(task_hours, since, until), ("model", "status"), ("tasks",),
-                                     False):
+    for (name, status), (count,), _ in _sums(conn, _whole_hours(task_hours, since, until), ("model", "status"),
+                                             ("tasks",), None, False):
         by_model.setdefault(name, Figures()).by_status[status] += count
-    for name, status, latency, count, units in _sums(conn, _whole_hours(result_hours, since, until),
-                                                     ("model", "status", "latency_bucket"), ("tasks", "cost_units"),
-                                                     False):
-        _add_results(by_model.setdefault(name, Figures()), status, latency, count, units)
+    for (name, status), (count, units), latencies in _sums(
+            conn, _whole_hours(result_hours, since, until), ("model", "status"), ("tasks", "cost_units"), "tasks",
+            False):
+        _add_results(by_model.setdefault(name, Figures()), status, count, units, latencies)
     total = Figures()
     for figures in buckets:
         total.add(figures)
