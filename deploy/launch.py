@@ -187,11 +187,13 @@ def find_nginx() -> str | None:
     return shutil.which("nginx") or shutil.which("nginx", path=NGINX_PATH)
 
 
-def render_nginx(listen: str, intake: str, api: str, directory: Path = NGINX_DIR) -> Path:
-    """Write deploy/nginx.local.conf with these addresses (host:port) into `directory`; return the file."""
-    text = NGINX_TEMPLATE.read_text()
-    for placeholder, address in (("@LISTEN@", listen), ("@INTAKE@", intake), ("@API@", api)):
-        text = text.replace(placeholder, address)
+def render_nginx(listen: str, intake: str | list[str], api: str | list[str], directory: Path = NGINX_DIR) -> Path:
+    """Write deploy/nginx.local.conf with these addresses (host:port; the intake's and the api's may be several,
+    balanced by nginx) into `directory`; return the file."""
+    text = NGINX_TEMPLATE.read_text().replace("@LISTEN@", listen)
+    for placeholder, addresses in (("@INTAKE@", intake), ("@API@", api)):
+        servers = [addresses] if isinstance(addresses, str) else addresses
+        text = text.replace(f"server {placeholder};", "\n        ".join(f"server {a};" for a in servers))
     (directory / "tmp").mkdir(parents=True, exist_ok=True)
     path = directory / "nginx.conf"
     path.write_text(text)
