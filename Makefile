@@ -47,7 +47,7 @@ run: venv ## run the whole stack locally behind one URL (private Redis and nginx
 TEST_WORKERS ?= 2
 
 test: venv ## run the test suite in TEST_WORKERS processes; pass options with PYTEST_ARGS='-k webhook -x'
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 migrate: venv ## apply the database migrations to DATABASE_URL (default: var/captions.db)
 	$(BIN)/python deploy/launch.py migrate

@@ -24,8 +24,13 @@ VAR_DIR = ROOT / "var"
 SECRETS_FILE = VAR_DIR / "secrets.env"
 TOKEN_SETTINGS = ("WEBHOOK_TOKENS", "READ_TOKENS", "SUBMIT_TOKENS")
 REDIS_TIMEOUT_S = 5.0
-"""Socket timeout of the service's Redis clients (workers/connection.py), all but the RQ workers' (whose
+"""Socket timeout of the workers' Redis clients (workers/connection.py), all but the RQ workers' (whose
 dequeue blocks for minutes)."""
+
+WEB_REDIS_TIMEOUT_S = 2.0
+"""Socket timeout of the web processes' Redis client: a webhook's round trip takes milliseconds, and a primary
+whose host is lost (no answer, not a refusal) must cost a request a 503 within a sender's 10 s, retries and
+the sentinels' question included, not a hang."""
 
 SENTINEL_PORT = 26379
 """Port of a sentinel of REDIS_SENTINELS given without one."""
@@ -181,9 +186,9 @@ class Config:
         if not low < high <= 100:
             raise ConfigError(f"INTAKE_LOW_WATER_PERCENT ({low}) must be below INTAKE_HIGH_WATER_PERCENT ({high}), "
                               "itself at most 100")
-        if numbers.get("redis_replica_ack_timeout_ms", cls.redis_replica_ack_timeout_ms) >= REDIS_TIMEOUT_S * 1000:
-            raise ConfigError(f"REDIS_REPLICA_ACK_TIMEOUT_MS must be below {REDIS_TIMEOUT_S * 1000:.0f}, "
-                              "the Redis client's socket timeout")
+        if numbers.get("redis_replica_ack_timeout_ms", cls.redis_replica_ack_timeout_ms) >= WEB_REDIS_TIMEOUT_S * 1000:
+            raise ConfigError(f"REDIS_REPLICA_ACK_TIMEOUT_MS must be below {WEB_REDIS_TIMEOUT_S * 1000:.0f}, "
+                              "the web processes' Redis socket timeout")
         host = env.get("HOST", cls.host)
         db_url = database_url(env.get("DATABASE_URL") or cls.database_url)
         pooling = env.get("DATABASE_POOLING", "").strip() or cls.database_pooling

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from flask import Flask
 
+from config import WEB_REDIS_TIMEOUT_S
 from config import Config
 from receiver.errors import register_database_error_handlers
 from receiver.errors import register_error_handlers
@@ -34,7 +35,7 @@ def create_app(config: Config | None = None, kind: str = "api") -> Flask:
     app = Flask(__name__)
     app.config.update(SERVICE=config, APP_KIND=kind, MAX_CONTENT_LENGTH=config.max_body_bytes,
                       JSON_SORT_KEYS=False)
-    app.extensions["redis"] = connect(config)
+    app.extensions["redis"] = connect(config, timeout=WEB_REDIS_TIMEOUT_S)
     register_error_handlers(app)
     if kind == "intake":
         register_intake(app)

@@ -1,8 +1,9 @@
-"""A Redis primary, its replica and three sentinels on loopback ports, for the failover test.
+"""A Redis primary, its replica and three sentinels, for the failover tests.
 
 Both Redis servers run with the project's deploy/redis.conf (append-only file,
 fsync always); the sentinels watch the primary under MASTER with short timings,
-so a primary killed with SIGKILL is replaced by its replica within seconds.
+so a primary killed with SIGKILL is replaced by its replica within seconds. They
+run on loopback ports, or on hosts of their own (a `Place` each: tests/netns.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -25,29 +28,49 @@ DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
 
 
+def on_subnet(address: str) -> bool:
+    """Whether a server at `address` serves other hosts (of a private test subnet), which Redis without a
+    password refuses in its protected mode, which is then turned off."""
+    return address != "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a server runs: the address it listens on, and how its command runs there."""
+
+    address: str = "127.0.0.1"
+    on: Callable[[list[str]], list[str]] = list
+
+
+LOOPBACK = (Place(), Place(), Place())
+
+
 class WatchedServer(ProjectRedisServer):
     """A redis-server with a copy of the project's config (Sentinel rewrites the file of a server it
     reconfigures), replicating `primary` when given."""
 
-    def __init__(self, primary: ProjectRedisServer | None = None):
-        super().__init__()
+    def __init__(self, primary: ProjectRedisServer | None = None, place: Place = Place()):
+        super().__init__(address=place.address, on=place.on)
         self.config_file = Path(shutil.copy(self.config_file, Path(self.dir) / "redis.conf"))
         self.primary = primary
 
     def argv(self) -> list[str]:
-        follow = ["--replicaof", "127.0.0.1", str(self.primary.port)] if self.primary else []
-        return [*super().argv(), *follow]
+        follow = ["--replicaof", self.primary.address, str(self.primary.port)] if self.primary else []
+        unprotected = ["--protected-mode", "no"] if on_subnet(self.address) else []
+        return [*super().argv(), *follow, *unprotected]
 
 
 class Sentinel:
     """One redis-sentinel process watching `primary` under MASTER (quorum 2)."""
 
-    def __init__(self, primary: WatchedServer):
+    def __init__(self, primary: WatchedServer, place: Place = Place()):
         self.port = free_port()
+        self.address, self.on = place.address, place.on
         self.dir = Path(tempfile.mkdtemp(prefix="sentinel-test-"))
         (self.dir / "sentinel.conf").write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
-            f"sentinel monitor {MASTER} 127.0.0.1 {primary.port} 2\n"
+            f"port {self.port}\nbind {self.address}\ndir {self.dir}\n"
+            + ("protected-mode no\n" if on_subnet(self.address) else "") +
+            f"sentinel monitor {MASTER} {primary.address} {primary.port} 2\n"
             f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}\n"
             f"sentinel parallel-syncs {MASTER} 1\n")
@@ -55,11 +78,11 @@ class Sentinel:
 
     def start(self) -> None:
         with open(self.dir / "sentinel.log", "ab") as log:
-            self.process = subprocess.Popen(["redis-sentinel", str(self.dir / "sentinel.conf")],
+            self.process = subprocess.Popen(self.on(["redis-sentinel", str(self.dir / "sentinel.conf")]),
                                             stdout=log, stderr=subprocess.STDOUT)
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2, decode_responses=True)
+        return redis.Redis(host=self.address, port=self.port, socket_timeout=2, decode_responses=True)
 
     def knows_everyone(self) -> bool:
         """It answers, sees the replica and both other sentinels."""
@@ -69,9 +92,9 @@ class Sentinel:
             return False
         return state["num-slaves"] >= 1 and state["num-other-sentinels"] >= 2
 
-    def primary_port(self) -> int:
-        _, port = self.client().sentinel_get_master_addr_by_name(MASTER)
-        return int(port)
+    def primary_at(self) -> tuple[str, int]:
+        address, port = self.client().sentinel_get_master_addr_by_name(MASTER)
+        return address, int(port)
 
     def close(self) -> None:
         if self.process and self.process.poll() is None:
@@ -81,26 +104,28 @@ class Sentinel:
 
 
 class SentinelCluster:
-    """The primary, one replica and three sentinels; `kill_primary()` is the primary's host lost."""
+    """The primary and `replicas` replicas at the first of `places`, a sentinel at each (three);
+    `kill_primary()` is the primary lost."""
 
-    def __init__(self):
+    def __init__(self, places: tuple[Place, Place, Place] = LOOPBACK, replicas: int = 1):
         if not shutil.which("redis-sentinel"):
             raise RuntimeError("redis-sentinel is not on PATH (Debian/Ubuntu: apt-get install redis-sentinel)")
-        self.primary = WatchedServer()
-        self.replica = WatchedServer(self.primary)
-        self.sentinels = [Sentinel(self.primary) for _ in range(3)]
+        self.primary = WatchedServer(place=places[0])
+        self.replicas = [WatchedServer(self.primary, place=place) for place in places[1:1 + replicas]]
+        self.sentinels = [Sentinel(self.primary, place) for place in places]
 
     @property
     def addresses(self) -> str:
         """REDIS_SENTINELS for the service."""
-        return ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return ",".join(f"{s.address}:{s.port}" for s in self.sentinels)
 
     def start(self) -> SentinelCluster:
         self.primary.start()
-        self.replica.start()
-        replica = redis.Redis(port=self.replica.port, decode_responses=True)
-        wait_for(lambda: replica.info("replication")["master_link_status"] == "up", timeout=30,
-                 what="the replica to sync")
+        for replica in self.replicas:
+            replica.start()
+            conn = redis.Redis(host=replica.address, port=replica.port, decode_responses=True)
+            wait_for(lambda conn=conn: conn.info("replication")["master_link_status"] == "up", timeout=30,
+                     what="the replica to sync")
         for sentinel in self.sentinels:
             sentinel.start()
         wait_for(lambda: all(s.knows_everyone() for s in self.sentinels), timeout=30,
@@ -110,16 +135,22 @@ class SentinelCluster:
     def kill_primary(self) -> None:
         self.primary.stop(kill=True)
 
-    def promoted(self) -> bool:
-        """Every sentinel names the replica as the primary, and it says it is one."""
+    def promoted(self, sentinels: list[Sentinel] | None = None) -> WatchedServer | None:
+        """The replica every sentinel (of `sentinels`, default all) names as the primary, once it says it is
+        one."""
         try:
-            role = redis.Redis(port=self.replica.port, decode_responses=True).info("replication")["role"]
-            return role == "master" and all(s.primary_port() == self.replica.port for s in self.sentinels)
+            named = {s.primary_at() for s in sentinels or self.sentinels}
+            for replica in self.replicas:
+                if named == {(replica.address, replica.port)}:
+                    conn = redis.Redis(host=replica.address, port=replica.port, decode_responses=True)
+                    return replica if conn.info("replication")["role"] == "master" else None
         except redis.RedisError:
-            return False
+            pass
+        return None
 
     def close(self) -> None:
         for sentinel in self.sentinels:
             sentinel.close()
-        self.replica.close()
+        for replica in self.replicas:
+            replica.close()
         self.primary.close()

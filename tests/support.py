@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -36,9 +37,11 @@ def wait_for(check, timeout: float = 10.0, interval: float = 0.05, what: str = "
 class RedisServer:
     """A private redis-server on a free port, which tests may stop and start again."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, address: str = "127.0.0.1", on: Callable[[list[str]], list[str]] = list):
+        """`address`: where it listens; `on(argv)`: how it runs (on another host: tests/netns.py)."""
         if not shutil.which("redis-server"):
             raise RuntimeError("redis-server is not on PATH (Debian/Ubuntu: apt-get install redis-server)")
+        self.address, self.on = address, on
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="redis-test-")
         self.log_path = Path(self.dir) / "redis.log"
@@ -47,14 +50,14 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+        return f"redis://{self.address}:{self.port}"
 
     def argv(self) -> list[str]:
-        return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, *self.args]
+        return ["redis-server", "--port", str(self.port), "--bind", self.address, "--dir", self.dir, *self.args]
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.on(self.argv()), stdout=log, stderr=subprocess.STDOUT)
         wait_for_redis(self.process, self.url, self.log_path, timeout=30, error=AssertionError)
 
     def stop(self, kill: bool = False) -> None:
@@ -134,12 +137,13 @@ class ProjectRedisServer(RedisServer):
     `stop(kill=True)` then `start()` is a crash and a restart on the same data.
     """
 
-    def __init__(self, config_file: Path = ROOT / "deploy" / "redis.conf"):
-        super().__init__()
+    def __init__(self, config_file: Path = ROOT / "deploy" / "redis.conf", address: str = "127.0.0.1",
+                 on: Callable[[list[str]], list[str]] = list):
+        super().__init__(address=address, on=on)
         self.config_file = config_file
 
     def argv(self) -> list[str]:
-        return ["redis-server", str(self.config_file), "--port", str(self.port), "--bind", "127.0.0.1",
+        return ["redis-server", str(self.config_file), "--port", str(self.port), "--bind", self.address,
                 "--dir", self.dir]
 
 

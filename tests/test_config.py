@@ -87,7 +87,7 @@ def test_production_through_sentinel_needs_no_redis_url():
     ({"REDIS_SENTINELS": "s1:70000", "REDIS_SENTINEL_MASTER": "captions"}, "'s1:70000' is not host:port"),
     ({"REDIS_SENTINELS": "s1", "REDIS_SENTINEL_MASTER": "captions", "REDIS_URL": "redis://r"}, "not both"),
     ({"REDIS_MIN_REPLICAS_ACK": "-1"}, "REDIS_MIN_REPLICAS_ACK must be at least 0"),
-    ({"REDIS_REPLICA_ACK_TIMEOUT_MS": "5000"}, "below 5000, the Redis client's socket timeout"),
+    ({"REDIS_REPLICA_ACK_TIMEOUT_MS": "2000"}, "below 2000, the web processes' Redis socket timeout"),
 ])
 def test_bad_redis_settings_are_named(redis, fragment):
     with pytest.raises(ConfigError, match=fragment):

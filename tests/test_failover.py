@@ -36,7 +36,7 @@ from workers.connection import connect
 from workers.queues import DELIVERY_STREAM
 from workers.queues import PERSIST_QUEUE
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hosts")]  # not beside tests/test_multihost.py
 
 ACKED_BEFORE = 100
 """Deliveries acknowledged by the first primary before it is killed."""
