@@ -42,6 +42,12 @@ _engines: dict[str, sa.Engine] = {}
 PG_CONNECT_TIMEOUT_S = 5
 """Seconds a new PostgreSQL connection may take before it fails (libpq's connect_timeout)."""
 
+WRITER_IDLE_IN_TRANSACTION_MS = 30_000
+"""PostgreSQL ends a write-path session left idle inside its transaction this long (set in each transaction,
+so behind PgBouncer too). A drain's statements follow each other within milliseconds; a drain whose host is
+lost between two of them sends no reset, and its open transaction's row locks then blocked every other drain
+until TCP gave up on the connection, hours later (tests/test_multihost.py)."""
+
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite connection waits for a lock held by another (a reader waits at most its timeout)."""
 
@@ -120,7 +126,9 @@ def create_engine(url: str, read_timeout_ms: int | None = None, sqlite_cache_mib
         if backend == "postgresql":
             sa.event.listen(engine, "checkin", _server_default_access_mode)
         if pooled and read_timeout_ms:
-            _timeout_each_transaction(engine, read_timeout_ms)
+            _in_each_transaction(engine, "statement_timeout", read_timeout_ms)
+        if backend == "postgresql" and not read_timeout_ms:
+            _in_each_transaction(engine, "idle_in_transaction_session_timeout", WRITER_IDLE_IN_TRANSACTION_MS)
     if read_timeout_ms:
         _bound_reads(engine, read_timeout_ms)
     return engine
@@ -133,10 +141,10 @@ def _server_default_access_mode(dbapi_conn, _record) -> None:
         dbapi_conn.read_only = None
 
 
-def _timeout_each_transaction(engine: sa.Engine, timeout_ms: int) -> None:
-    """`statement_timeout` for the transaction alone, first thing in each (the pooler's server connection may
+def _in_each_transaction(engine: sa.Engine, name: str, timeout_ms: int) -> None:
+    """The setting `name` for the transaction alone, first thing in each (the pooler's server connection may
     be another's at the next)."""
-    setting = sa.text("SELECT set_config('statement_timeout', :ms, true)").bindparams(ms=str(int(timeout_ms)))
+    setting = sa.text("SELECT set_config(:name, :ms, true)").bindparams(name=name, ms=str(int(timeout_ms)))
 
     @sa.event.listens_for(engine, "begin")
     def set_timeout(conn) -> None:
