@@ -73,6 +73,7 @@ VAR = ROOT / "var"
 SECRETS_FILE = VAR / "secrets.env"
 TOKEN_KEYS = ("WEBHOOK_TOKENS", "READ_TOKENS", "SUBMIT_TOKENS")
 EMULATOR_PORT = 8010
+"""The emulator's port when it is free (EMULATOR_PORT in the environment says another), else any free one."""
 READY_TIMEOUT = 60.0
 NGINX_TEMPLATE = DEPLOY / "nginx.local.conf"
 NGINX_DIR = VAR / "nginx"
@@ -314,7 +315,7 @@ def processes(env: dict[str, str]) -> dict[str, str]:
     for n in range(2, Config.from_env(env).persist_concurrency + 1):
         procs[f"persist{n}"] = procs["persist"]  # one worker per drain that may run at once
     if not env.get("RUNWARE_API_KEY"):
-        port = free_port(EMULATOR_PORT)
+        port = free_port(int(env.get("EMULATOR_PORT") or EMULATOR_PORT))
         env["RUNWARE_API_URL"] = f"http://127.0.0.1:{port}/v1"
         env["RUNWARE_API_KEY"] = "emulator-key"
         procs["emulator"] = f"python -m emulator --port {port}"

@@ -44,7 +44,10 @@ SERVICE_PROCESSES = ("intake", "api", "persist", "submit", "maintenance", "cron"
 
 def run_env(redis_url: str, tmp_path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GUNICORN_", "LOG_", "MAKE", "MFLAGS"))}
+    # A port of its own for the emulator: two launchers at once (the tests' two processes) could both find
+    # 8010 free, and the second's emulator then failed to listen on every restart.
     env.update(REDIS_URL=redis_url, DATABASE_URL=f"sqlite:///{tmp_path / 'captions.db'}", PORT=str(free_port()),
+               EMULATOR_PORT=str(free_port()),
                PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"), WEB_CONCURRENCY="2", RUN_MARKER=uuid.uuid4().hex,
                **TOKENS, **extra)
     return env
